@@ -1,18 +1,21 @@
 """TD3+BC: offline pretraining from a Minari dataset (Fujimoto & Gu 2021, "A Minimalist Approach to Offline
-Reinforcement Learning", arXiv 2106.06860).
+Reinforcement Learning", arXiv 2106.06860), optionally continued online with the same objective.
 
-TD3 (Fujimoto et al. 2018) with one change to the actor loss, a behaviour-cloning term towards dataset actions:
+TD3 (Fujimoto et al. 2018) with one change to the actor loss, a behaviour-cloning term towards batch actions:
 
     pi = argmax_pi  E_(s,a)~D [ lambda * Q1(s, pi(s)) - (pi(s) - a)^2 ],   lambda = alpha / mean|Q1(s, pi(s))|   (Eq. 3)
 
 and states normalized with the dataset's mean and std (Eq. 5). Everything else is TD3: twin critics trained on
 the clipped double-Q target with target-policy smoothing, a delayed actor and Polyak-averaged target networks.
 
-Run: `python algorithms/td3_bc.py --env hopper` (see `--help`). Output in `runs/<run-name>/`: `args.json`
-(resolved args + run metadata), `metrics.csv`, and `checkpoint.pt` (everything needed to continue or finetune).
+`--online-steps N` continues the *same* objective online (the slow-but-stable baseline of Luo et al. 2023): one
+update per environment step on batches drawn from the offline data and the new transitions (`--offline-ratio`).
+`--checkpoint PATH` continues from a saved run. Output in `runs/<run-name>/`: `args.json`, `metrics.csv`,
+`episodes.csv` (online training episodes), `summary.json` (online runs) and `checkpoint.pt`. See `--help`.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -32,7 +35,7 @@ import torch.nn as nn
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from offline_data import load_dataset, make_eval_env, normalized_score, resolve_dataset_id  # noqa: E402
+from offline_data import load_dataset, make_env, make_eval_env, normalized_score, resolve_dataset_id  # noqa: E402
 
 
 @dataclass
@@ -40,17 +43,27 @@ class Args:
     env: str = "hopper"
     """shorthand for the official Minari dataset `mujoco/<env>/medium-v0`: hopper, halfcheetah or walker2d"""
     dataset_id: str | None = None
-    """any Minari dataset id (e.g. `standin/hopper/medium-v0`); wins over --env"""
+    """any Minari dataset id (e.g. `standin/hopper/medium-v0`); wins over --env. With --checkpoint, the
+    checkpoint's id is used and a different one here is an error"""
+    checkpoint: str | None = None
+    """a td3_bc.py checkpoint.pt to start from (weights, optimizer states, normalization, dataset id)"""
     seed: int = 0
-    """seeds Python, NumPy, torch and the evaluation episodes; same seed + same machine => identical run on CPU"""
+    """seeds Python, NumPy, torch, the online env and the evaluation episodes; same seed + same machine +
+    same --threads => identical run on CPU"""
     device: str = "auto"
     """`auto` (cuda if available, else cpu), `cpu` or `cuda`"""
     threads: int = 0
     """torch intra-op threads; 0 keeps torch's default (recorded in args.json)"""
-    offline_steps: int = 1_000_000
-    """TD3+BC gradient steps on the dataset (0 skips the phase)"""
+    offline_steps: int | None = None
+    """TD3+BC gradient steps on the dataset; default 1,000,000, or 0 with --checkpoint (a value given with
+    --checkpoint continues offline training from it first)"""
     online_steps: int = 0
-    """environment steps of online finetuning after the offline phase (not implemented in this script yet: 0)"""
+    """environment steps of online training after the offline phase, one update per step (0: offline only)"""
+    offline_ratio: float = -1.0
+    """online phase: fraction r of every batch drawn from the offline data (round(r*B) rows), the rest from
+    online transitions, uniformly with replacement; -1 samples uniformly from the union (one shared buffer)"""
+    expl_noise: float = 0.1
+    """std of the Gaussian exploration noise added to online actions (times max action)"""
     batch_size: int = 256
     """transitions per gradient step"""
     alpha: float = 2.5
@@ -62,7 +75,7 @@ class Args:
     lr: float = 3e-4
     """Adam learning rate of actor and critics"""
     hidden: int = 256
-    """width of the two hidden layers of actor and critics"""
+    """width of the two hidden layers of actor and critics (with --checkpoint, the checkpoint's width is used)"""
     policy_noise: float = 0.2
     """std of the target-policy smoothing noise (times max action)"""
     noise_clip: float = 0.5
@@ -70,11 +83,13 @@ class Args:
     policy_freq: int = 2
     """actor and target networks are updated every policy_freq critic updates"""
     eval_every: int = 5_000
-    """evaluate (and checkpoint) every this many gradient steps, and at the last step"""
+    """evaluate and checkpoint every this many steps of each phase, at each phase's last step and at online step 0"""
     eval_episodes: int = 10
     """episodes per evaluation; episode i is seeded from (--seed, i) only"""
     log_every: int = 1_000
     """write a metrics row (losses averaged since the last row) every this many steps"""
+    collapse_window: int = 50_000
+    """online summary: the dip is the step-0 score minus the lowest evaluation within this many online steps"""
     run_name: str | None = None
     """default: `<dataset id with / replaced by ->__td3_bc__<seed>__<unix time>`"""
     runs_dir: str = "runs"
@@ -151,16 +166,30 @@ def update(step: int, batch, actor, actor_target, critic, critic_target, actor_o
         pi = actor(obs)
         q_pi = critic(obs, pi, n=1)[0]
         lmbda = args.alpha / q_pi.abs().mean().detach()  # lambda = alpha / mean|Q(s, pi(s))|
-        bc_loss = ((pi - act) ** 2).mean()
-        actor_loss = -lmbda * q_pi.mean() + bc_loss  # Eq. 3
+        reg_loss = ((pi - act) ** 2).mean()  # behaviour cloning towards the batch actions
+        actor_loss = -lmbda * q_pi.mean() + reg_loss  # Eq. 3
         actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward(inputs=list(actor.parameters()))  # gradients for the actor only
         actor_opt.step()
         with torch.no_grad():  # Polyak averaging, theta' <- theta' + tau * (theta - theta')
             torch._foreach_lerp_(list(actor_target.parameters()), list(actor.parameters()), args.tau)
             torch._foreach_lerp_(list(critic_target.parameters()), list(critic.parameters()), args.tau)
-        info.update(actor_loss=actor_loss.detach(), bc_loss=bc_loss.detach(), lmbda=lmbda)
+        info.update(actor_loss=actor_loss.detach(), reg_loss=reg_loss.detach(), lmbda=lmbda)
     return info
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def replay_indices(n_off: int, n_on: int, batch_size: int, ratio: float, device) -> torch.Tensor:
+    """Rows of a replay table holding n_off offline rows, then n_on online rows. Without online rows: uniform
+    over the offline data. Otherwise round(ratio * B) offline rows + the rest online rows, each uniform with
+    replacement, or (ratio = -1) uniform over the union, as one shared buffer would sample."""
+    if n_on == 0:
+        return torch.randint(n_off, (batch_size,), device=device)
+    if ratio < 0:
+        return torch.randint(n_off + n_on, (batch_size,), device=device)
+    k = round(ratio * batch_size)
+    return torch.cat([torch.randint(n_off, (k,), device=device),
+                      n_off + torch.randint(n_on, (batch_size - k,), device=device)])
 
 
 def evaluate(actor, env, obs_mean, obs_std, seed: int, episodes: int, device) -> np.ndarray:
@@ -180,11 +209,38 @@ def evaluate(actor, env, obs_mean, obs_std, seed: int, episodes: int, device) ->
     return np.array(returns)
 
 
+def collapse_summary(evals: list[tuple[int, float]], window: int) -> dict:
+    """Policy-collapse statistics from online evaluations [(online step, score), ...] starting at step 0."""
+    step0 = evals[0][1]
+    in_window = [s for t, s in evals if 0 < t <= window]
+    lowest = min(in_window) if in_window else None
+    dip = max(0.0, step0 - lowest) if in_window else 0.0
+    recovery = 0
+    if dip > 0:  # steps until the first evaluation at or above the step-0 score after the first one below it
+        first_below = next(t for t, s in evals if t > 0 and s < step0)
+        recovery = next((t for t, s in evals if t > first_below and s >= step0), None)
+    return {"step0_score": step0, "min_score_in_window": lowest, "collapse_window": window, "dip": dip,
+            "recovery_steps": recovery, "final_score": evals[-1][1], "final_step": evals[-1][0]}
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic write: a reader never sees a half-written checkpoint."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, dataset_id: str | None) -> dict:
+    """A checkpoint of these scripts, checked against an explicitly given --dataset-id."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # only load checkpoints you trust
+    except Exception as e:
+        raise SystemExit(f"error: cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    if not isinstance(ckpt, dict) or not {"actor", "critic", "dataset_id", "obs_shape"} <= ckpt.keys():
+        raise SystemExit(f"error: {path} is not a checkpoint written by these scripts")
+    if dataset_id and dataset_id != ckpt["dataset_id"]:
+        raise SystemExit(f"error: --dataset-id {dataset_id} differs from the checkpoint's dataset {ckpt['dataset_id']}")
+    return ckpt
 
 
 def run_metadata(device: torch.device) -> dict:
@@ -201,33 +257,40 @@ def run_metadata(device: torch.device) -> dict:
 
 
 def validate(args: Args) -> None:
-    for name in ("offline_steps", "online_steps"):
-        if getattr(args, name) < 0:
+    for name in ("offline_steps", "online_steps", "expl_noise"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    for name in ("batch_size", "eval_every", "eval_episodes", "log_every", "policy_freq", "hidden"):
+    for name in ("batch_size", "eval_every", "eval_episodes", "log_every", "policy_freq", "hidden", "collapse_window"):
         if getattr(args, name) <= 0:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if not (0.0 <= args.offline_ratio <= 1.0 or args.offline_ratio == -1.0):
+        raise SystemExit(f"error: --offline-ratio must be in [0, 1], or -1 for uniform over all data, "
+                         f"got {args.offline_ratio}")
     if args.threads < 0:
         raise SystemExit(f"error: --threads must be >= 0, got {args.threads}")
     if args.device not in ("auto", "cpu", "cuda"):
         raise SystemExit(f"error: --device must be auto, cpu or cuda, got {args.device!r}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda, but torch sees no CUDA device")
-    if args.online_steps > 0:
-        raise SystemExit("error: --online-steps > 0 is not implemented in td3_bc.py yet; use 0")
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        raise SystemExit(f"error: checkpoint {args.checkpoint} does not exist")
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__.split("\n\n")[0])
     validate(args)
-    dataset_id = resolve_dataset_id(args.env, args.dataset_id)
+    script = Path(__file__).stem
+    ckpt = load_checkpoint(args.checkpoint, args.dataset_id) if args.checkpoint else None
+    dataset_id = ckpt["dataset_id"] if ckpt else resolve_dataset_id(args.env, args.dataset_id)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
-    run_name = args.run_name or f"{dataset_id.replace('/', '-')}__td3_bc__{args.seed}__{int(time.time())}"
+    run_name = args.run_name or f"{dataset_id.replace('/', '-')}__{script}__{args.seed}__{int(time.time())}"
     run_dir = Path(args.runs_dir) / run_name
     if run_dir.exists():
         raise SystemExit(f"error: run directory {run_dir} already exists; choose another --run-name or --runs-dir")
-    args = dataclasses.replace(args, dataset_id=dataset_id, run_name=run_name, device=str(device))
+    args = dataclasses.replace(args, dataset_id=dataset_id, run_name=run_name, device=str(device),
+                               offline_steps=(0 if ckpt else 1_000_000) if args.offline_steps is None else args.offline_steps,
+                               hidden=ckpt["args"]["hidden"] if ckpt else args.hidden)
     if args.threads:
         torch.set_num_threads(args.threads)
     random.seed(args.seed)
@@ -236,18 +299,31 @@ if __name__ == "__main__":
 
     # ------------------------------------------------------------------ data: on the device, states normalized
     data = load_dataset(dataset_id)
-    obs_mean, obs_std = data.obs_mean_std()
-    act_space = data.dataset.action_space
+    obs_space, act_space = data.dataset.observation_space, data.dataset.action_space
+    env_spec = data.dataset.spec.env_spec.to_json()
+    if ckpt and (tuple(ckpt["obs_shape"]) != obs_space.shape or tuple(ckpt["act_shape"]) != act_space.shape
+                 or json.loads(ckpt["env_spec"])["id"] != json.loads(env_spec)["id"]):
+        raise SystemExit(f"error: checkpoint {args.checkpoint} was made for {json.loads(ckpt['env_spec'])['id']} with "
+                         f"observations {tuple(ckpt['obs_shape'])} and actions {tuple(ckpt['act_shape'])}, but dataset "
+                         f"{dataset_id} is {data.dataset.spec.env_spec.id} with {obs_space.shape} and {act_space.shape}")
     if not np.allclose(act_space.low, -act_space.high):
         raise SystemExit(f"error: TD3 needs a symmetric action space, dataset has {act_space}")
+    obs_mean, obs_std = (ckpt["obs_mean"], ckpt["obs_std"]) if ckpt else data.obs_mean_std()
     obs_dim, act_dim = data.obs.shape[1], data.actions.shape[1]
     to_dev = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device)  # noqa: E731
-    # one (N, 2*obs_dim + act_dim + 2) table, so a batch is one gather: [s | a | r | s' | terminated]
-    table = torch.cat([to_dev((data.obs - obs_mean) / obs_std), to_dev(data.actions), to_dev(data.rewards[:, None]),
-                       to_dev((data.next_obs - obs_mean) / obs_std), to_dev(data.terminated[:, None])], 1)
+    # replay table, one row per transition [s | a | r | s' | terminated] so a batch is one gather:
+    # the n_off offline rows first, then room for every online transition
     split = [obs_dim, act_dim, 1, obs_dim, 1]
-    n_data = table.shape[0]
-    eval_env = make_eval_env(data.dataset)
+    n_off, n_on = data.obs.shape[0], 0
+    replay = torch.empty(n_off + args.online_steps, sum(split), device=device)
+    replay[:n_off] = torch.cat([to_dev((data.obs - obs_mean) / obs_std), to_dev(data.actions),
+                                to_dev(data.rewards[:, None]), to_dev((data.next_obs - obs_mean) / obs_std),
+                                to_dev(data.terminated[:, None])], 1)
+    eval_env, env = make_eval_env(data.dataset), make_env(data.dataset)
+
+    def sample(online: bool):
+        idx = replay_indices(n_off, n_on if online else 0, args.batch_size, args.offline_ratio, device)
+        return replay[idx].split(split, dim=1)
 
     # ------------------------------------------------------------------ networks and optimizers
     max_action = to_dev(act_space.high)
@@ -260,67 +336,124 @@ if __name__ == "__main__":
     fused = {"fused": True}  # one fused Adam kernel for all parameters (same math as the for-loop Adam)
     actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, **fused)
     critic_opt = torch.optim.Adam(critic.parameters(), lr=args.lr, **fused)
+    if ckpt:  # continue from the checkpoint: weights, targets and optimizer states
+        for name, obj in (("actor", actor), ("critic", critic), ("actor_target", actor_target),
+                          ("critic_target", critic_target), ("actor_opt", actor_opt), ("critic_opt", critic_opt)):
+            obj.load_state_dict(ckpt[name])
+    pretrained_actor = None  # pi_0: frozen copy of the actor when the online phase starts
 
     # ------------------------------------------------------------------ outputs
     run_dir.mkdir(parents=True)
     (run_dir / "args.json").write_text(json.dumps({"args": dataclasses.asdict(args), "meta": run_metadata(device)},
                                                   indent=2))
-    columns = ["phase", "step", "critic_loss", "actor_loss", "bc_loss", "q_mean", "lmbda", "eval_return",
-               "eval_return_std", "eval_score", "updates_per_s", "elapsed_s"]
+    columns = ["phase", "step", "critic_loss", "actor_loss", "reg_loss", "q_mean", "lmbda", "pi_dist",
+               "q_pi_offline", "q_pi_online", "train_return", "eval_return", "eval_return_std", "eval_score",
+               "updates_per_s", "elapsed_s"]
     metrics_file = open(run_dir / "metrics.csv", "w", newline="")
     metrics = csv.DictWriter(metrics_file, fieldnames=columns)
     metrics.writeheader()
-    print(f"TD3+BC on {dataset_id}: {n_data} transitions, device {device}, {torch.get_num_threads()} threads, "
-          f"run dir {run_dir}", flush=True)
+    episodes_file = open(run_dir / "episodes.csv", "w", newline="")
+    episodes = csv.writer(episodes_file)
+    episodes.writerow(["step", "return", "length", "score"])
+    print(f"{script} on {dataset_id}: {n_off} offline transitions, device {device}, {torch.get_num_threads()} "
+          f"threads, run dir {run_dir}", flush=True)
 
-    def checkpoint(step: int) -> None:
+    def checkpoint(phase: str, step: int) -> None:
         save_checkpoint(run_dir / "checkpoint.pt", {
-            "algorithm": "td3_bc", "phase": "offline", "step": step, "args": dataclasses.asdict(args),
-            "dataset_id": dataset_id, "env_spec": data.dataset.spec.env_spec.to_json(),
-            "obs_shape": tuple(data.dataset.observation_space.shape), "act_shape": tuple(act_space.shape),
-            "obs_mean": obs_mean, "obs_std": obs_std,
+            "algorithm": script, "phase": phase, "step": step, "args": dataclasses.asdict(args),
+            "dataset_id": dataset_id, "env_spec": env_spec, "obs_shape": tuple(obs_space.shape),
+            "act_shape": tuple(act_space.shape), "obs_mean": obs_mean, "obs_std": obs_std,
             "actor": actor.state_dict(), "critic": critic.state_dict(), "actor_target": actor_target.state_dict(),
             "critic_target": critic_target.state_dict(), "actor_opt": actor_opt.state_dict(),
             "critic_opt": critic_opt.state_dict(),
+            "pretrained_actor": pretrained_actor.state_dict() if pretrained_actor else None,
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}})
 
-    # ------------------------------------------------------------------ offline training loop
-    start = t_last = time.perf_counter()
-    sums, counts, train_time = {}, {}, 0.0
+    sums, counts, evals = {}, {}, []
+    start = t_last = phase_start = time.perf_counter()
+    diag_gen = torch.Generator(device=device).manual_seed(args.seed)  # diagnostics never touch the training RNG
+
+    def log(phase: str, step: int, last: int, info: dict | None, extra: dict | None = None) -> None:
+        """Accumulate update info on the device; every --log-every steps (and at evaluations) write a row."""
+        global sums, counts, t_last
+        for k, v in (info or {}).items():
+            sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
+        is_eval = step % args.eval_every == 0 or step == last
+        if step % args.log_every and not is_eval:
+            return
+        row = {k: float(sums[k]) / counts[k] for k in sums}
+        row.update(phase=phase, step=step, **(extra or {}))
+        if counts:
+            row["updates_per_s"] = counts["critic_loss"] / (time.perf_counter() - t_last)
+        sums, counts = {}, {}
+        if is_eval:
+            returns = evaluate(actor, eval_env, obs_mean, obs_std, args.seed, args.eval_episodes, device)
+            row.update(eval_return=returns.mean(), eval_return_std=returns.std(),
+                       eval_score=float(normalized_score(data.dataset, returns).mean()))
+            if phase == "online":
+                evals.append((step, row["eval_score"]))
+            checkpoint(phase, step)  # holds exactly the weights that were just evaluated
+        row["elapsed_s"] = time.perf_counter() - start
+        metrics.writerow(row)
+        metrics_file.flush()
+        score = f"score {row['eval_score']:6.1f} | " if is_eval else ""
+        speed = f"{row['updates_per_s']:6.0f} upd/s | " if "updates_per_s" in row else ""
+        eta = f"ETA {(time.perf_counter() - phase_start) / step * (last - step) / 60:5.1f} min" if step else ""
+        print(f"{phase:>7} step {step:>8}/{last} | {score}{speed}{eta}", flush=True)
+        t_last = time.perf_counter()
+
+    # ------------------------------------------------------------------ offline phase: TD3+BC on the dataset
     for step in range(1, args.offline_steps + 1):
-        idx = torch.randint(n_data, (args.batch_size,), device=device)  # uniform with replacement
-        batch = table[idx].split(split, dim=1)
-        info = update(step, batch, actor, actor_target, critic, critic_target, actor_opt, critic_opt, args)
-        for k, v in info.items():  # running sums stay on the device until a metrics row is written
-            sums[k] = sums.get(k, 0.0) + v
-            counts[k] = counts.get(k, 0) + 1
+        info = update(step, sample(online=False), actor, actor_target, critic, critic_target, actor_opt,
+                      critic_opt, args)
+        log("offline", step, args.offline_steps, info)
+    if args.offline_steps == 0 and args.online_steps == 0:  # nothing to train: evaluate the weights as they are
+        log("offline", 0, 0, None)
 
-        is_eval = step % args.eval_every == 0 or step == args.offline_steps
-        if step % args.log_every == 0 or is_eval:
-            now = time.perf_counter()
-            train_time += now - t_last
-            row = {k: float(sums[k]) / counts[k] for k in sums}
-            row.update(phase="offline", step=step, updates_per_s=counts["critic_loss"] / (now - t_last))
-            sums, counts = {}, {}
-            if is_eval:
-                returns = evaluate(actor, eval_env, obs_mean, obs_std, args.seed, args.eval_episodes, device)
-                row.update(eval_return=returns.mean(), eval_return_std=returns.std(),
-                           eval_score=float(normalized_score(data.dataset, returns).mean()))
-                checkpoint(step)  # holds exactly the weights that were just evaluated
-            row["elapsed_s"] = time.perf_counter() - start
-            metrics.writerow(row)
-            metrics_file.flush()
-            eta = (args.offline_steps - step) * train_time / step
-            score = f"score {row['eval_score']:6.1f} | " if is_eval else ""
-            print(f"step {step:>8}/{args.offline_steps} | {score}critic {row['critic_loss']:9.3f} | "
-                  f"Q {row['q_mean']:8.2f} | {row['updates_per_s']:6.0f} upd/s | ETA {eta / 60:5.1f} min", flush=True)
-            t_last = time.perf_counter()
+    # ------------------------------------------------------------------ online phase: act, store, update
+    if args.online_steps > 0:
+        pretrained_actor = copy.deepcopy(actor).requires_grad_(False)
+        phase_start = time.perf_counter()
+        log("online", 0, args.online_steps, None)  # step 0: the pretrained policy before any online update
+        obs, _ = env.reset(seed=args.seed)
+        ep_return, ep_len, recent_returns = 0.0, 0, []
+        for step in range(1, args.online_steps + 1):
+            with torch.no_grad():  # a = clip(pi(s) + N(0, (sigma * max_action)^2))
+                a = actor(to_dev((obs - obs_mean) / obs_std))
+                a = (a + torch.randn_like(a) * args.expl_noise * max_action).clamp(-max_action, max_action)
+            next_obs, reward, terminated, truncated, _ = env.step(a.cpu().numpy())
+            # a truncated step is stored as non-terminal: its target still bootstraps from s'
+            replay[n_off + n_on] = torch.cat([to_dev((obs - obs_mean) / obs_std), a, to_dev([reward]),
+                                              to_dev((next_obs - obs_mean) / obs_std), to_dev([float(terminated)])])
+            n_on += 1
+            ep_return, ep_len, obs = ep_return + float(reward), ep_len + 1, next_obs
+            if terminated or truncated:
+                score = float(normalized_score(data.dataset, ep_return))
+                episodes.writerow([step, ep_return, ep_len, score])
+                recent_returns.append(ep_return)
+                obs, _ = env.reset()
+                ep_return, ep_len = 0.0, 0
+            info = update(step, sample(online=True), actor, actor_target, critic, critic_target, actor_opt,
+                          critic_opt, args)
+            extra = None
+            if step % args.log_every == 0 or step % args.eval_every == 0 or step == args.online_steps:
+                with torch.no_grad():  # collapse diagnostics on fresh offline and online states
+                    s_off = replay[torch.randint(n_off, (1024,), device=device, generator=diag_gen), :obs_dim]
+                    s_on = replay[n_off + torch.randint(n_on, (1024,), device=device, generator=diag_gen), :obs_dim]
+                    s = torch.cat([s_off, s_on])
+                    pi = actor(s)
+                    q_pi = critic(s, pi, n=1)[0]
+                    extra = {"pi_dist": float((pi - pretrained_actor(s)).norm(dim=-1).mean()),
+                             "q_pi_offline": float(q_pi[:1024].mean()), "q_pi_online": float(q_pi[1024:].mean()),
+                             "train_return": float(np.mean(recent_returns)) if recent_returns else None}
+                episodes_file.flush()
+                recent_returns = []
+            log("online", step, args.online_steps, info, extra)
 
-    if args.offline_steps == 0:  # nothing trained: still evaluate and checkpoint the initial weights
-        returns = evaluate(actor, eval_env, obs_mean, obs_std, args.seed, args.eval_episodes, device)
-        metrics.writerow({"phase": "offline", "step": 0, "eval_return": returns.mean(), "eval_return_std": returns.std(),
-                          "eval_score": float(normalized_score(data.dataset, returns).mean()), "elapsed_s": 0.0})
-        checkpoint(0)
+        summary = collapse_summary(evals, args.collapse_window)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        print("summary: " + " | ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
     metrics_file.close()
+    episodes_file.close()
     print(f"done in {(time.perf_counter() - start) / 60:.1f} min; checkpoint {run_dir / 'checkpoint.pt'}")

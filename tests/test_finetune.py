@@ -1,0 +1,214 @@
+"""Online finetuning: td3_bc.py --online-steps, naive_ft.py and conservative_ft.py through their CLIs, the
+checkpoint handoff, determinism, the replay-ratio sampler, the beta schedule, collapse statistics, errors."""
+import json
+
+import pytest
+import torch
+from conftest import ALGOS, TINY_ID, read_metrics, run_script
+
+import conservative_ft
+import naive_ft
+import td3_bc
+
+ONLINE = ["--online-steps", "200", "--eval-every", "100", "--log-every", "50", "--eval-episodes", "2",
+          "--batch-size", "64"]
+FT_SCRIPTS = ["naive_ft.py", "conservative_ft.py"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(minari_root, tmp_path_factory):
+    """A short offline TD3+BC run whose checkpoint the finetuning scripts load."""
+    runs = tmp_path_factory.mktemp("ft_runs")
+    run_script("td3_bc.py", "--dataset-id", TINY_ID, "--offline-steps", "200", "--eval-every", "100",
+               "--eval-episodes", "2", "--batch-size", "64", "--runs-dir", str(runs), "--run-name", "offline")
+    return runs
+
+
+@pytest.fixture(scope="module")
+def finetuned(pretrained):
+    """Each finetuning script from the checkpoint: seed 0 twice, seed 1 once; td3_bc.py continued online."""
+    ckpt = str(pretrained / "offline" / "checkpoint.pt")
+    for script in FT_SCRIPTS + ["td3_bc.py"]:
+        for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+            run_script(script, "--checkpoint", ckpt, *ONLINE, "--seed", str(seed), "--runs-dir", str(pretrained),
+                       "--run-name", f"{script[:-3]}_{name}")
+    return pretrained
+
+
+@pytest.mark.parametrize("script", FT_SCRIPTS + ["td3_bc.py"])
+def test_online_run_outputs(finetuned, script):
+    run = finetuned / f"{script[:-3]}_a"
+    assert sorted(p.name for p in run.iterdir()) == ["args.json", "checkpoint.pt", "episodes.csv", "metrics.csv",
+                                                     "summary.json"]
+    rows = read_metrics(run / "metrics.csv")
+    assert all(r["phase"] == "online" for r in rows)  # a checkpoint means no offline steps by default
+    assert [int(r["step"]) for r in rows] == [0, 50, 100, 150, 200]
+    assert [r["eval_score"] != "" for r in rows] == [True, False, True, False, True]
+    for r in rows[1:]:  # collapse diagnostics on every online row
+        for col in ("critic_loss", "pi_dist", "q_pi_offline", "q_pi_online"):
+            assert float(r[col]) == float(r[col]), col  # not NaN
+        assert float(r["pi_dist"]) >= 0
+    summary = json.loads((run / "summary.json").read_text())
+    scores = [float(r["eval_score"]) for r in rows if r["eval_score"]]
+    assert summary["step0_score"] == pytest.approx(scores[0]) and summary["final_score"] == pytest.approx(scores[-1])
+    assert summary["dip"] == pytest.approx(max(0.0, scores[0] - min(scores[1:])))
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert ckpt["phase"] == "online" and ckpt["step"] == 200 and ckpt["algorithm"] == script[:-3]
+    assert ckpt["pretrained_actor"] is not None
+    args = json.loads((run / "args.json").read_text())["args"]
+    assert args["offline_steps"] == 0 and args["dataset_id"] == TINY_ID
+    assert args["offline_ratio"] == {"naive_ft.py": -1.0, "conservative_ft.py": 0.5, "td3_bc.py": -1.0}[script]
+    with open(run / "episodes.csv") as f:
+        assert f.readline().strip() == "step,return,length,score"
+
+
+@pytest.mark.parametrize("script", FT_SCRIPTS + ["td3_bc.py"])
+def test_handoff_step0_equals_offline_final_eval(finetuned, script):
+    """The finetuning run's step-0 evaluation is exactly the offline run's final evaluation (same seed)."""
+    offline_last = read_metrics(finetuned / "offline" / "metrics.csv")[-1]
+    online_first = read_metrics(finetuned / f"{script[:-3]}_a" / "metrics.csv")[0]
+    assert online_first["step"] == "0" and online_first["eval_return"] == offline_last["eval_return"]
+    assert online_first["eval_score"] == offline_last["eval_score"]
+
+
+@pytest.mark.parametrize("script", FT_SCRIPTS + ["td3_bc.py"])
+def test_determinism(finetuned, script):
+    name = script[:-3]
+    a, b, c = (finetuned / f"{name}_{x}" for x in "abc")
+    assert read_metrics(a / "metrics.csv") == read_metrics(b / "metrics.csv")
+    assert (a / "episodes.csv").read_text() == (b / "episodes.csv").read_text()
+    assert (a / "summary.json").read_text() == (b / "summary.json").read_text()
+    assert read_metrics(a / "metrics.csv") != read_metrics(c / "metrics.csv")
+    ca, cb, cc = (torch.load(x / "checkpoint.pt", weights_only=False) for x in (a, b, c))
+    for key in ("actor", "critic", "actor_target", "critic_target"):
+        for k in ca[key]:
+            assert torch.equal(ca[key][k], cb[key][k]), (key, k)
+    assert not torch.equal(ca["actor"]["net.0.weight"], cc["actor"]["net.0.weight"])
+
+
+def test_methods_differ(finetuned):
+    """Same seed, same checkpoint: the three objectives give different weights after 200 online steps."""
+    w = [torch.load(finetuned / f"{n}_a" / "checkpoint.pt", weights_only=False)["actor"]["net.0.weight"]
+         for n in ("naive_ft", "conservative_ft", "td3_bc")]
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[0], w[2]) and not torch.equal(w[1], w[2])
+
+
+def test_in_script_pretraining(minari_root, tmp_path):
+    """Without --checkpoint the script pretrains TD3+BC first, then finetunes."""
+    run_script("conservative_ft.py", "--dataset-id", TINY_ID, "--offline-steps", "100", *ONLINE,
+               "--runs-dir", str(tmp_path), "--run-name", "x")
+    rows = read_metrics(tmp_path / "x" / "metrics.csv")
+    assert [(r["phase"], r["step"]) for r in rows if r["eval_score"]] == [
+        ("offline", "100"), ("online", "0"), ("online", "100"), ("online", "200")]
+    assert rows[0]["beta"] == "" and float(rows[-1]["beta"]) < 1.0
+
+
+@pytest.mark.parametrize("ratio, n_on, expect_off", [(0.5, 10, 128), (0.0, 10, 0), (1.0, 10, 256), (0.3, 1, 77),
+                                                     (0.5, 0, 256)])
+def test_replay_indices_fractions(ratio, n_on, expect_off):
+    n_off = 1000
+    for module in (naive_ft, conservative_ft, td3_bc):
+        torch.manual_seed(0)
+        idx = module.replay_indices(n_off, n_on, 256, ratio, "cpu")
+        assert idx.shape == (256,) and idx.min() >= 0 and idx.max() < n_off + n_on
+        assert int((idx < n_off).sum()) == expect_off  # exactly round(r * B) offline rows
+
+
+def test_replay_indices_union():
+    torch.manual_seed(0)
+    idx = naive_ft.replay_indices(300, 100, 100_000, -1.0, "cpu")
+    assert idx.min() == 0 and idx.max() == 399
+    frac = float((idx >= 300).float().mean())  # online share ~ 100 / 400, binomial std ~ 0.0014
+    assert abs(frac - 0.25) < 0.01
+
+
+def test_beta_schedule():
+    args = conservative_ft.Args(beta_start=1.0, beta_end=0.1, beta_decay_steps=100)
+    assert conservative_ft.beta_schedule(1, args) == pytest.approx(1.0)
+    assert conservative_ft.beta_schedule(51, args) == pytest.approx(0.55)
+    assert conservative_ft.beta_schedule(101, args) == pytest.approx(0.1)
+    assert conservative_ft.beta_schedule(10_000, args) == pytest.approx(0.1)
+    assert conservative_ft.beta_schedule(1, conservative_ft.Args(beta_decay_steps=0)) == pytest.approx(0.1)
+
+
+def test_collapse_summary():
+    s = td3_bc.collapse_summary([(0, 50.0), (10, 20.0), (20, 40.0), (30, 55.0), (40, 70.0)], window=25)
+    assert s["step0_score"] == 50.0 and s["min_score_in_window"] == 20.0 and s["dip"] == 30.0
+    assert s["recovery_steps"] == 30 and s["final_score"] == 70.0
+    s = td3_bc.collapse_summary([(0, 50.0), (10, 60.0), (20, 40.0)], window=15)  # dip only after the window
+    assert s["dip"] == 0.0 and s["recovery_steps"] == 0
+    s = td3_bc.collapse_summary([(0, 50.0), (10, 30.0), (20, 40.0)], window=100)
+    assert s["dip"] == 20.0 and s["recovery_steps"] is None
+    assert naive_ft.collapse_summary([(0, 1.0), (5, 0.0)], 5) == conservative_ft.collapse_summary([(0, 1.0), (5, 0.0)], 5)
+
+
+def test_conservative_update_regularizes_towards_pretrained_policy():
+    """With a huge beta and no Q gradient, online actor updates pull pi towards pi_0, not towards batch actions."""
+    torch.manual_seed(0)
+    args = conservative_ft.Args(lr=1e-2)
+    actor, actor0 = conservative_ft.Actor(4, 2, torch.ones(2), 32), conservative_ft.Actor(4, 2, torch.ones(2), 32)
+    actor0.requires_grad_(False)
+    critic = conservative_ft.Critic(4, 2, 32)
+    critic_t, actor_t = conservative_ft.Critic(4, 2, 32), conservative_ft.Actor(4, 2, torch.ones(2), 32)
+    a_opt, c_opt = torch.optim.Adam(actor.parameters(), lr=1e-2), torch.optim.Adam(critic.parameters(), lr=1e-2)
+    obs = torch.randn(64, 4)
+    batch = (obs, torch.zeros(64, 2), torch.zeros(64, 1), torch.randn(64, 4), torch.zeros(64, 1))
+    dist = lambda: float(((actor(obs) - actor0(obs)) ** 2).mean().detach())  # noqa: E731
+    before = dist()
+    for step in range(2, 202, 2):
+        conservative_ft.update(step, batch, actor, actor_t, critic, critic_t, a_opt, c_opt, args, offline=False,
+                               beta=1e4, pretrained_actor=actor0)
+    assert dist() < 0.05 * before
+
+
+def test_diff_naive_conservative_shows_only_the_method():
+    """Outside the module docstrings, every line that differs is about the method: the trust region, its
+    schedule and flags, lambda, the frozen pi_0, and the default replay ratio."""
+    import difflib
+
+    def code(name):
+        return (ALGOS / name).read_text().split('"""', 2)[2].splitlines()
+
+    diff = [line for line in difflib.unified_diff(code("naive_ft.py"), code("conservative_ft.py"), n=0)
+            if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    added = [line[1:] for line in diff if line[0] == "+"]
+    removed = [line[1:] for line in diff if line[0] == "-"]
+    keywords = ("beta", "offline_ratio", "pretrained_actor", "lmbda", "reg_loss", "trust region", "conservative_ft")
+    assert all(any(k in line for k in keywords) or not line.strip() for line in added), added
+    assert 0 < len(removed) <= 10, removed  # naive lines replaced by the method's versions
+
+
+@pytest.mark.parametrize("script", FT_SCRIPTS)
+@pytest.mark.parametrize("argv, message", [
+    (["--offline-ratio", "-0.5"], "error: --offline-ratio must be in [0, 1], or -1"),
+    (["--offline-ratio", "1.5"], "error: --offline-ratio must be in [0, 1], or -1"),
+    (["--checkpoint", "/nonexistent/ckpt.pt"], "error: checkpoint /nonexistent/ckpt.pt does not exist"),
+    (["--online-steps", "-3"], "error: --online-steps must be >= 0, got -3"),
+])
+def test_bad_input(minari_root, tmp_path, script, argv, message):
+    proc = run_script(script, "--runs-dir", str(tmp_path), *argv, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith(message), proc.stderr
+
+
+@pytest.mark.parametrize("script", FT_SCRIPTS + ["td3_bc.py"])
+def test_mismatched_checkpoint(pretrained, tmp_path, script):
+    ckpt = torch.load(pretrained / "offline" / "checkpoint.pt", weights_only=False)
+    ckpt["obs_shape"], ckpt["env_spec"] = (17,), json.dumps({"id": "Walker2d-v5"})
+    torch.save(ckpt, tmp_path / "walker.pt")
+    proc = run_script(script, "--checkpoint", str(tmp_path / "walker.pt"), "--runs-dir", str(tmp_path / "r"),
+                      check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: checkpoint {tmp_path / 'walker.pt'} was made for Walker2d-v5 with "
+                               f"observations (17,)") and f"dataset {TINY_ID} is Hopper-v5" in lines[0]
+    # an explicitly different dataset id is an error too
+    proc = run_script(script, "--checkpoint", str(pretrained / "offline" / "checkpoint.pt"), "--dataset-id",
+                      "mujoco/hopper/medium-v0", "--runs-dir", str(tmp_path / "r"), check=False)
+    assert proc.returncode != 0 and proc.stderr.strip() == (
+        f"error: --dataset-id mujoco/hopper/medium-v0 differs from the checkpoint's dataset {TINY_ID}")
+    # a file that is not a checkpoint
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    proc = run_script(script, "--checkpoint", str(tmp_path / "junk.pt"), "--runs-dir", str(tmp_path / "r"), check=False)
+    assert proc.returncode != 0 and proc.stderr.strip().startswith(f"error: cannot read checkpoint {tmp_path / 'junk.pt'}")
+    assert not (tmp_path / "r").exists()
