@@ -71,8 +71,8 @@ class Args:
     """online phase: fraction r of every batch drawn from the offline data (round(r*B) rows), the rest from
     online transitions, uniformly with replacement; -1 samples uniformly from the union (one shared buffer)"""
     reset_optimizers: bool = False
-    """start the online phase with fresh Adam states (default: keep the pretrained moments; fresh ones make the
-    first online steps near-lr-sized, sign-like moves of every weight)"""
+    """start the online phase with fresh Adam states (default: keep the pretrained moments, as when simply
+    continuing training; fresh moments make the first online steps about lr-sized for every weight)"""
     beta_start: float = 1.0
     """trust-region weight beta_t at the first online step"""
     beta_end: float = 0.1

@@ -61,8 +61,8 @@ class Args:
     """online phase: fraction r of every batch drawn from the offline data (round(r*B) rows), the rest from
     online transitions, uniformly with replacement; -1 samples uniformly from the union (one shared buffer)"""
     reset_optimizers: bool = False
-    """start the online phase with fresh Adam states (default: keep the pretrained moments; fresh ones make the
-    first online steps near-lr-sized, sign-like moves of every weight)"""
+    """start the online phase with fresh Adam states (default: keep the pretrained moments, as when simply
+    continuing training; fresh moments make the first online steps about lr-sized for every weight)"""
     expl_noise: float = 0.1
     """std of the Gaussian exploration noise added to online actions (times max action)"""
     batch_size: int = 256

@@ -1,0 +1,157 @@
+"""Turn the committed per-run files under benchmarks/ into the tables and plots of benchmarks.md.
+
+    pip install -e ".[plot]"            # matplotlib, only for the PNGs
+    python scripts/report.py            # rewrites the generated blocks of benchmarks.md and the PNGs
+
+Layout it reads (copied from run directories with `--collect`; checkpoints are never committed):
+    benchmarks/td3_bc/<dataset>/seed<S>/{args.json, metrics.csv}
+    benchmarks/finetune/<dataset>/<method>_s<S>/{args.json, metrics.csv, episodes.csv, summary.json}
+Each generated block sits between `<!-- report:NAME -->` and `<!-- /report:NAME -->` in benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import shutil
+import statistics
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+METHODS = {"td3_bc": "TD3+BC continued online", "naive_ft": "naive TD3 finetuning",
+           "conservative_ft": "conservative finetuning (ours)"}
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def evals(rows: list[dict], phase: str) -> list[tuple[int, float]]:
+    return [(int(r["step"]), float(r["eval_score"])) for r in rows if r["phase"] == phase and r["eval_score"]]
+
+
+def mean_sd(xs: list[float]) -> str:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "–"
+    return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs):.1f}" if len(xs) > 1 else f"{xs[0]:.1f}"
+
+
+def td3_bc_block(dataset_dir: Path) -> str:
+    runs = sorted(dataset_dir.glob("seed*"), key=lambda p: int(p.name[4:]))
+    curves = {p.name: evals(read_csv(p / "metrics.csv"), "offline") for p in runs}
+    steps = [s for s, _ in next(iter(curves.values()))]
+    out = ["| step | " + " | ".join(curves) + " | mean |", "|---" * (len(curves) + 2) + "|"]
+    for i, step in enumerate(steps):
+        vals = [c[i][1] for c in curves.values() if len(c) > i]
+        out.append(f"| {step:,} | " + " | ".join(f"{v:.1f}" for v in vals) + f" | {statistics.mean(vals):.1f} |")
+    last5 = {k: statistics.mean(v for _, v in c[-5:]) for k, c in curves.items()}
+    walls = {p.name: float(read_csv(p / "metrics.csv")[-1]["elapsed_s"]) for p in runs}
+    out.append("")
+    out.append("| run | mean of last 5 evaluations | wall time (training + evaluation) |\n|---|---|---|")
+    for k in curves:
+        out.append(f"| {k} | {last5[k]:.1f} | {walls[k] / 60:.1f} min |")
+    out.append(f"| **mean over seeds** | **{statistics.mean(last5.values()):.1f}** | |")
+    return "\n".join(out)
+
+
+def finetune_block(dataset_dir: Path) -> str:
+    rows = ["| method | seeds | step-0 score | lowest score (first 50k) | dip | recovery steps (per seed) "
+            "| final score | updates |", "|---|---|---|---|---|---|---|---|"]
+    for method, label in METHODS.items():
+        runs = sorted(dataset_dir.glob(f"{method}_s*"))
+        summaries = [json.loads((r / "summary.json").read_text()) for r in runs if (r / "summary.json").exists()]
+        if not summaries:
+            continue
+        rec = ", ".join("never" if s["recovery_steps"] is None else f"{s['recovery_steps']:,}" for s in summaries)
+        updates = summaries[0]["final_step"]  # one update per online environment step
+        rows.append(f"| {label} | {len(summaries)} | {mean_sd([s['step0_score'] for s in summaries])} | "
+                    f"{mean_sd([s['min_score_in_window'] for s in summaries])} | {mean_sd([s['dip'] for s in summaries])} "
+                    f"| {rec} | {mean_sd([s['final_score'] for s in summaries])} | {updates:,} |")
+    return "\n".join(rows)
+
+
+def finetune_plot(dataset_dir: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for method, label in METHODS.items():
+        curves = [evals(read_csv(r / "metrics.csv"), "online") for r in sorted(dataset_dir.glob(f"{method}_s*"))]
+        curves = [c for c in curves if c]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        steps = [s for s, _ in curves[0][:n]]
+        per_step = [[c[i][1] for c in curves] for i in range(n)]
+        line, = ax.plot(steps, [statistics.mean(v) for v in per_step], label=f"{label} ({len(curves)} seeds)")
+        ax.fill_between(steps, [min(v) for v in per_step], [max(v) for v in per_step], alpha=0.2,
+                        color=line.get_color())
+    ax.set_xlabel("online environment steps")
+    ax.set_ylabel("normalized score (mean, min–max over seeds)")
+    ax.set_title(f"{dataset_dir.name.replace('-', '/', 2)} (stand-in data)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- report:{re.escape(name)} -->\n).*?(<!-- /report:{re.escape(name)} -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"error: benchmarks.md has no block <!-- report:{name} --> ... <!-- /report:{name} -->")
+    return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+
+
+def checkpoint_hash(path: Path) -> str:
+    """sha256 over the network tensors (actor, critics, targets) of a checkpoint, in a fixed order: equal hashes
+    mean bit-identical weights, whatever else (timestamps, paths in args) differs."""
+    import hashlib
+
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    h = hashlib.sha256()
+    for net in ("actor", "critic", "actor_target", "critic_target"):
+        for key in sorted(ckpt[net]):
+            h.update(f"{net}/{key}".encode())
+            h.update(ckpt[net][key].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def collect(src: Path, dest: Path) -> None:
+    """Copy the small files of a finished run directory (never its checkpoint)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("args.json", "metrics.csv", "episodes.csv", "summary.json"):
+        if (src / name).exists():
+            shutil.copy(src / name, dest / name)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--collect", nargs=2, metavar=("RUN_DIR", "DEST"), help="copy a run's small files to DEST first")
+    p.add_argument("--hash", metavar="CHECKPOINT", help="print the weight hash of a checkpoint and exit")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNGs (no matplotlib needed)")
+    a = p.parse_args()
+    if a.hash:
+        print(checkpoint_hash(Path(a.hash)))
+        raise SystemExit(0)
+    if a.collect:
+        collect(Path(a.collect[0]), Path(a.collect[1]))
+        raise SystemExit(0)
+    md = (BENCH.parent / "benchmarks.md").read_text()
+    for d in sorted((BENCH / "td3_bc").glob("*")):
+        md = replace_block(md, f"td3_bc/{d.name}", td3_bc_block(d))
+    for d in sorted((BENCH / "finetune").glob("*")):
+        if f"<!-- report:finetune/{d.name} -->" in md:
+            md = replace_block(md, f"finetune/{d.name}", finetune_block(d))
+            if not a.no_plots:
+                finetune_plot(d, BENCH / f"finetune_{d.name}.png")
+    (BENCH.parent / "benchmarks.md").write_text(md)
+    print("benchmarks.md updated")
