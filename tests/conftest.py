@@ -72,6 +72,15 @@ def minari_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def pretrained(minari_root, tmp_path_factory):
+    """A short offline TD3+BC run (runs dir / "offline") whose checkpoint the finetuning scripts load."""
+    runs = tmp_path_factory.mktemp("ft_runs")
+    run_script("td3_bc.py", "--dataset-id", TINY_ID, "--offline-steps", "200", "--eval-every", "100",
+               "--eval-episodes", "2", "--batch-size", "64", "--runs-dir", str(runs), "--run-name", "offline")
+    return runs
+
+
 def run_script(script: str, *args: str, check: bool = True, cwd=None) -> subprocess.CompletedProcess:
     """Run an algorithm script through its CLI, single-threaded, with the test datasets."""
     proc = subprocess.run([sys.executable, str(ALGOS / script), "--threads", "1", *args], capture_output=True,

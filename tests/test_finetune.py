@@ -16,15 +16,6 @@ FT_SCRIPTS = ["naive_ft.py", "conservative_ft.py"]
 
 
 @pytest.fixture(scope="module")
-def pretrained(minari_root, tmp_path_factory):
-    """A short offline TD3+BC run whose checkpoint the finetuning scripts load."""
-    runs = tmp_path_factory.mktemp("ft_runs")
-    run_script("td3_bc.py", "--dataset-id", TINY_ID, "--offline-steps", "200", "--eval-every", "100",
-               "--eval-episodes", "2", "--batch-size", "64", "--runs-dir", str(runs), "--run-name", "offline")
-    return runs
-
-
-@pytest.fixture(scope="module")
 def finetuned(pretrained):
     """Each finetuning script from the checkpoint: seed 0 twice, seed 1 once; td3_bc.py continued online."""
     ckpt = str(pretrained / "offline" / "checkpoint.pt")

@@ -1,0 +1,592 @@
+"""Balanced replay: TD3 finetuning whose replay is prioritized by a learned density ratio d_online / d_offline
+(Lee, Seo, Lee, Abbeel & Shin, "Offline-to-Online Reinforcement Learning via Balanced Replay and Pessimistic
+Q-Ensemble", CoRL 2021, arXiv 2107.00591). Details follow the authors' code (shlee94/Off2OnRL, rlkit-based):
+
+- One prioritized buffer holds every offline transition plus the online ones (online capacity
+  `--online-capacity`, 250k, a ring). Sampling is proportional to priority, stratified: the total mass is split
+  into B equal segments and one point is drawn uniformly in each, then found in a sum tree (in torch, on the
+  device, batched: no Python loop per sample, no host round-trip). As in the authors' code there is NO
+  importance-sampling correction in the TD loss.
+- A density-ratio network w(s, a) (256-256 ReLU MLP, output through ReLU, last bias initialised to 1.0) estimates
+  d_online / d_offline. Every gradient step it trains (own Adam, lr 3e-4) on a fresh uniform batch of 256 online
+  and 256 offline transitions with the Jensen-Shannon f-divergence loss
+      L_w = mean_off[-log(2 / (w + 1) + eps)] - mean_on[log(2 w / (w + 1) + eps)],   eps = 1e-10.
+- Each step the sampled RL batch's priorities become  w^(1/T) / mean_offline_batch(w^(1/T))  (T = --temperature,
+  5), clamped to [1e-3, 1e3], computed with the estimator *before* its update of that step.
+- New online transitions enter at the running maximum priority, offline ones at 1; the initial maximum is chosen so
+  that the first 1000 online transitions hold a fraction f (--init-online-fraction, 0.5) of the total mass:
+      max_0 = M f / ((1 - f) 1000)   for M offline transitions.
+- Loop: the authors collect 1000 online steps per epoch, then run that epoch's updates (10x in the first epoch).
+  We keep the per-step loop of naive_ft.py with one faithful exception: the first --warmup-online-steps (1000)
+  transitions are collected with the pretrained policy before any update, then --warmup-updates (10,000) updates
+  run, then one update per environment step. Total updates = warmup updates + online steps - warmup steps.
+- RL algorithm: TD3 from the pretrained TD3+BC agent, exactly as naive_ft.py (the authors use SAC from CQL).
+  NOT implemented: the paper's pessimistic Q-ensemble (N independently pretrained agents, mean-of-mins actor).
+Logged in metrics.csv: w_offline / w_online (mean w on the estimator's offline / online batches) and
+online_share (fraction of online transitions in each RL batch), besides naive_ft.py's collapse diagnostics.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from offline_data import load_dataset, make_env, make_eval_env, normalized_score, resolve_dataset_id  # noqa: E402
+
+
+@dataclass
+class Args:
+    env: str = "hopper"
+    """shorthand for the official Minari dataset `mujoco/<env>/medium-v0`: hopper, halfcheetah or walker2d"""
+    dataset_id: str | None = None
+    """any Minari dataset id (e.g. `standin/hopper/medium-v0`); wins over --env. With --checkpoint, the
+    checkpoint's id is used and a different one here is an error"""
+    checkpoint: str | None = None
+    """a td3_bc.py checkpoint.pt to start from (weights, optimizer states, normalization, dataset id)"""
+    seed: int = 0
+    """seeds Python, NumPy, torch, the online env and the evaluation episodes; same seed + same machine +
+    same --threads => identical run on CPU"""
+    device: str = "auto"
+    """`auto` (cuda if available, else cpu), `cpu` or `cuda`"""
+    threads: int = 0
+    """torch intra-op threads; 0 keeps torch's default (recorded in args.json)"""
+    offline_steps: int | None = None
+    """TD3+BC gradient steps on the dataset; default 1,000,000, or 0 with --checkpoint (a value given with
+    --checkpoint continues offline training from it first)"""
+    online_steps: int = 250_000
+    """environment steps of online finetuning after the offline phase, one update per step"""
+    online_capacity: int = 250_000
+    """online transitions kept in the prioritized buffer (a ring: the oldest are overwritten)"""
+    temperature: float = 5.0
+    """T: priorities are w^(1/T) / mean_offline(w^(1/T))"""
+    init_online_fraction: float = 0.5
+    """f: the first 1000 online transitions start with this fraction of the total priority mass"""
+    warmup_online_steps: int = 1_000
+    """online transitions collected with the pretrained policy before the first update"""
+    warmup_updates: int = 10_000
+    """updates run once the warm-up transitions are in (the authors' 10x first epoch); then one per step"""
+    ratio_batch_size: int = 256
+    """online and offline transitions (each) in the density-ratio estimator's batch"""
+    ratio_lr: float = 3e-4
+    """Adam learning rate of the density-ratio estimator"""
+    reset_optimizers: bool = False
+    """start the online phase with fresh Adam states (default: keep the pretrained moments, as when simply
+    continuing training; fresh moments make the first online steps about lr-sized for every weight)"""
+    expl_noise: float = 0.1
+    """std of the Gaussian exploration noise added to online actions (times max action)"""
+    batch_size: int = 256
+    """transitions per gradient step"""
+    alpha: float = 2.5
+    """TD3+BC's alpha: the Q term is scaled by lambda = alpha / mean|Q| (Eq. 3)"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """target networks: theta' <- tau * theta + (1 - tau) * theta'"""
+    lr: float = 3e-4
+    """Adam learning rate of actor and critics"""
+    hidden: int = 256
+    """width of the two hidden layers of actor and critics (with --checkpoint, the checkpoint's width is used)"""
+    policy_noise: float = 0.2
+    """std of the target-policy smoothing noise (times max action)"""
+    noise_clip: float = 0.5
+    """the smoothing noise is clipped to +-noise_clip (times max action)"""
+    policy_freq: int = 2
+    """actor and target networks are updated every policy_freq critic updates"""
+    eval_every: int = 5_000
+    """evaluate and checkpoint every this many steps of each phase, at each phase's last step and at online step 0"""
+    eval_episodes: int = 10
+    """episodes per evaluation; episode i is seeded from (--seed, i) only"""
+    log_every: int = 1_000
+    """write a metrics row (losses averaged since the last row) every this many steps"""
+    collapse_window: int = 50_000
+    """online summary: the dip is the step-0 score minus the lowest evaluation within this many online steps"""
+    run_name: str | None = None
+    """default: `<dataset id with / replaced by ->__balanced_replay__<seed>__<unix time>`"""
+    runs_dir: str = "runs"
+    """parent folder of the run directory; an existing run directory is an error, never overwritten"""
+
+
+# ---------------------------------------------------------------------------------------------- networks
+class Actor(nn.Module):
+    """Deterministic policy pi(s) = max_action * tanh(MLP(s))."""
+
+    def __init__(self, obs_dim: int, act_dim: int, max_action: torch.Tensor, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, act_dim), nn.Tanh())
+        self.register_buffer("max_action", max_action)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.max_action * self.net(obs)
+
+
+class EnsembleLinear(nn.Module):
+    """`n` independent linear layers applied with one batched matmul; initialised like nn.Linear."""
+
+    def __init__(self, n: int, in_dim: int, out_dim: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_dim)
+        self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n, 1, out_dim).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:  # (n, B, in) -> (n, B, out)
+        return torch.baddbmm(self.bias[:n], x, self.weight[:n])
+
+
+class Critic(nn.Module):
+    """Twin Q-networks (Q1, Q2) as one 2-member ensemble: each layer of both runs as one batched matmul."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, n: int = 2):
+        super().__init__()
+        self.n = n
+        self.layers = nn.ModuleList([EnsembleLinear(n, obs_dim + act_dim, hidden), EnsembleLinear(n, hidden, hidden),
+                                     EnsembleLinear(n, hidden, 1)])
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor, n: int | None = None) -> torch.Tensor:
+        """Q-values of the first `n` members (default all), shape (n, B)."""
+        n = n or self.n
+        x = torch.cat([obs, act], -1).expand(n, -1, -1)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, n)
+            x = torch.relu(x) if i < len(self.layers) - 1 else x
+        return x.squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------- one update
+def update(step: int, batch, actor, actor_target, critic, critic_target, actor_opt, critic_opt, args,
+           offline: bool) -> dict:
+    """One gradient step on batch = (s, a, r, s', terminated) with r, terminated of shape (B, 1): TD3+BC when
+    `offline`, else TD3. Returns detached scalar tensors (no host sync)."""
+    obs, act, rew, next_obs, terminated = batch
+    rew, terminated = rew.squeeze(-1), terminated.squeeze(-1)
+    with torch.no_grad():
+        # target-policy smoothing: a' = clip(pi'(s') + clip(eps, -c, c), -max, max), eps ~ N(0, sigma^2)
+        max_action = actor.max_action
+        noise = (torch.randn_like(act) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip) * max_action
+        next_act = torch.max(torch.min(actor_target(next_obs) + noise, max_action), -max_action)
+        # clipped double-Q target: y = r + gamma * (1 - terminated) * min_i Q'_i(s', a')
+        target_q = rew + args.gamma * (1.0 - terminated) * critic_target(next_obs, next_act).min(0).values
+    q = critic(obs, act)  # (2, B)
+    critic_loss = ((q - target_q) ** 2).mean(1).sum()  # MSE(Q1, y) + MSE(Q2, y)
+    critic_opt.zero_grad(set_to_none=True)
+    critic_loss.backward()
+    critic_opt.step()
+    info = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+
+    if step % args.policy_freq == 0:  # delayed policy update
+        pi = actor(obs)
+        q_pi = critic(obs, pi, n=1)[0]
+        if offline:  # TD3+BC pretraining (Fujimoto & Gu 2021, Eq. 3)
+            lmbda = args.alpha / q_pi.abs().mean().detach()  # lambda = alpha / mean|Q(s, pi(s))|
+            reg_loss = ((pi - act) ** 2).mean()  # behaviour cloning towards the dataset actions
+        else:  # TD3 finetuning: maximize Q1(s, pi(s)), nothing holds the policy near the data
+            lmbda, reg_loss = torch.ones((), device=obs.device), torch.zeros((), device=obs.device)
+        actor_loss = -lmbda * q_pi.mean() + reg_loss
+        actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward(inputs=list(actor.parameters()))  # gradients for the actor only
+        actor_opt.step()
+        with torch.no_grad():  # Polyak averaging, theta' <- theta' + tau * (theta - theta')
+            torch._foreach_lerp_(list(actor_target.parameters()), list(actor.parameters()), args.tau)
+            torch._foreach_lerp_(list(critic_target.parameters()), list(critic.parameters()), args.tau)
+        info.update(actor_loss=actor_loss.detach(), reg_loss=reg_loss.detach(), lmbda=lmbda)
+    return info
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+class SumTree:
+    """Binary sum tree over `capacity` leaf priorities, in torch on the device (float64 sums). Node 1 is the root,
+    node i has children 2i and 2i+1, leaf j is node size + j. Updates and sampling are batched over the tree's
+    levels: no Python loop per sample, no host round-trip."""
+
+    def __init__(self, capacity: int, device):
+        self.size = 1 << max(1, (capacity - 1).bit_length())
+        self.depth = self.size.bit_length() - 1
+        self.nodes = torch.zeros(2 * self.size, dtype=torch.float64, device=device)
+
+    def total(self) -> torch.Tensor:
+        return self.nodes[1]
+
+    def update(self, idx: torch.Tensor, priorities: torch.Tensor) -> None:
+        """Set leaf priorities, then recompute their ancestors level by level (duplicates write equal values)."""
+        node = idx + self.size
+        self.nodes[node] = priorities.to(torch.float64)
+        for _ in range(self.depth):
+            node = node // 2
+            self.nodes[node] = self.nodes[2 * node] + self.nodes[2 * node + 1]
+
+    def sample(self, batch_size: int) -> torch.Tensor:
+        """Stratified proportional sampling: split the total mass into batch_size equal segments, draw one point
+        uniformly in each, and descend to the leaf whose cumulative-priority interval holds it."""
+        dev = self.nodes.device
+        u = (torch.arange(batch_size, device=dev) + torch.rand(batch_size, dtype=torch.float64, device=dev))
+        u = u * (self.total() / batch_size)
+        node = torch.ones(batch_size, dtype=torch.long, device=dev)
+        for _ in range(self.depth):
+            left, right = self.nodes[2 * node], self.nodes[2 * node + 1]
+            go_right = ((u >= left) & (right > 0)) | (left <= 0)  # never enter an empty subtree (rounding at edges)
+            u = torch.where(go_right, u - left, u)
+            node = 2 * node + go_right.long()
+        return node - self.size
+
+
+class DensityRatio(nn.Module):
+    """w(s, a) >= 0, an estimate of d_online(s, a) / d_offline(s, a); starts near 1 (last bias 1.0)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(obs_dim + act_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 1))
+        nn.init.constant_(self.net[-1].bias, 1.0)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.net(torch.cat([obs, act], -1))).squeeze(-1)
+
+
+def density_ratio_loss(w_off: torch.Tensor, w_on: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Jensen-Shannon f-divergence loss: mean_off[-log(2/(w+1) + eps)] - mean_on[log(2w/(w+1) + eps)]."""
+    return -torch.log(2.0 / (w_off + 1.0) + eps).mean() - torch.log(2.0 * w_on / (w_on + 1.0) + eps).mean()
+
+
+def initial_max_priority(n_offline: int, fraction: float, n_first: int) -> float:
+    """The priority at which the first n_first online transitions enter so that they hold `fraction` of the
+    total mass next to n_offline offline transitions at priority 1: max_0 = M f / ((1 - f) n_first)."""
+    return n_offline * fraction / ((1.0 - fraction) * n_first)
+
+
+def update_ratio_and_priorities(weight_net, weight_opt, tree, idx, rl_batch, off_batch, on_batch, args):
+    """One balanced-replay step: new priorities for the sampled RL batch from the current estimator (before its
+    update), then one estimator update. Returns (new priorities, detached scalar stats)."""
+    w_off, w_on = weight_net(off_batch[0], off_batch[1]), weight_net(on_batch[0], on_batch[1])
+    with torch.no_grad():  # priority = w^(1/T) / mean_offline(w^(1/T)), clamped to [1e-3, 1e3]
+        inv_t = 1.0 / args.temperature
+        priority = (weight_net(rl_batch[0], rl_batch[1]) ** inv_t / ((w_off ** inv_t).mean() + 1e-10)).clamp(1e-3, 1e3)
+    tree.update(idx, priority)
+    loss = density_ratio_loss(w_off, w_on)
+    weight_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    weight_opt.step()
+    return priority, {"ratio_loss": loss.detach(), "w_offline": w_off.detach().mean(), "w_online": w_on.detach().mean()}
+
+
+def evaluate(actor, env, obs_mean, obs_std, seed: int, episodes: int, device) -> np.ndarray:
+    """Undiscounted returns of the deterministic actor; episode i is reset with a seed derived from (seed, i)
+    only, so the same weights always get the same score."""
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
+        done, ret = False, 0.0
+        while not done:
+            with torch.no_grad():
+                a = actor(torch.as_tensor((obs - obs_mean) / obs_std, dtype=torch.float32, device=device))
+            obs, r, terminated, truncated, _ = env.step(a.cpu().numpy())
+            ret += float(r)
+            done = terminated or truncated
+        returns.append(ret)
+    return np.array(returns)
+
+
+def collapse_summary(evals: list[tuple[int, float]], window: int) -> dict:
+    """Policy-collapse statistics from online evaluations [(online step, score), ...] starting at step 0."""
+    step0 = evals[0][1]
+    in_window = [s for t, s in evals if 0 < t <= window]
+    lowest = min(in_window) if in_window else None
+    dip = max(0.0, step0 - lowest) if in_window else 0.0
+    recovery = 0
+    if dip > 0:  # steps until the first evaluation at or above the step-0 score after the first one below it
+        first_below = next(t for t, s in evals if t > 0 and s < step0)
+        recovery = next((t for t, s in evals if t > first_below and s >= step0), None)
+    return {"step0_score": step0, "min_score_in_window": lowest, "collapse_window": window, "dip": dip,
+            "recovery_steps": recovery, "final_score": evals[-1][1], "final_step": evals[-1][0]}
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic write: a reader never sees a half-written checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, dataset_id: str | None) -> dict:
+    """A checkpoint of these scripts, checked against an explicitly given --dataset-id."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # only load checkpoints you trust
+    except Exception as e:
+        raise SystemExit(f"error: cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    if not isinstance(ckpt, dict) or not {"actor", "critic", "dataset_id", "obs_shape"} <= ckpt.keys():
+        raise SystemExit(f"error: {path} is not a checkpoint written by these scripts")
+    if dataset_id and dataset_id != ckpt["dataset_id"]:
+        raise SystemExit(f"error: --dataset-id {dataset_id} differs from the checkpoint's dataset {ckpt['dataset_id']}")
+    return ckpt
+
+
+def run_metadata(device: torch.device) -> dict:
+    here = os.path.dirname(os.path.abspath(__file__))
+    def git(*cmd):
+        try:
+            return subprocess.run(["git", "-C", here, *cmd], capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+    return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain")),
+            "packages": {p: version(p) for p in ("torch", "numpy", "gymnasium", "mujoco", "minari", "tyro")},
+            "python": sys.version.split()[0], "torch_threads": torch.get_num_threads(), "device": str(device),
+            "command": " ".join(sys.argv), "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def validate(args: Args) -> None:
+    for name in ("offline_steps", "online_steps", "expl_noise"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    for name in ("batch_size", "eval_every", "eval_episodes", "log_every", "policy_freq", "hidden", "collapse_window"):
+        if getattr(args, name) <= 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    for name in ("online_capacity", "temperature", "warmup_online_steps", "ratio_batch_size", "ratio_lr"):
+        if getattr(args, name) <= 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.warmup_updates < 0:
+        raise SystemExit(f"error: --warmup-updates must be >= 0, got {args.warmup_updates}")
+    if not 0.0 < args.init_online_fraction < 1.0:
+        raise SystemExit(f"error: --init-online-fraction must be in (0, 1), got {args.init_online_fraction}")
+    if 0 < args.online_steps < args.warmup_online_steps:
+        raise SystemExit(f"error: --online-steps {args.online_steps} is less than --warmup-online-steps "
+                         f"{args.warmup_online_steps}: no update would ever run")
+    if args.threads < 0:
+        raise SystemExit(f"error: --threads must be >= 0, got {args.threads}")
+    if args.device not in ("auto", "cpu", "cuda"):
+        raise SystemExit(f"error: --device must be auto, cpu or cuda, got {args.device!r}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda, but torch sees no CUDA device")
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        raise SystemExit(f"error: checkpoint {args.checkpoint} does not exist")
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args, description=__doc__.split("\n\n")[0])
+    validate(args)
+    script = Path(__file__).stem
+    ckpt = load_checkpoint(args.checkpoint, args.dataset_id) if args.checkpoint else None
+    dataset_id = ckpt["dataset_id"] if ckpt else resolve_dataset_id(args.env, args.dataset_id)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    run_name = args.run_name or f"{dataset_id.replace('/', '-')}__{script}__{args.seed}__{int(time.time())}"
+    run_dir = Path(args.runs_dir) / run_name
+    if run_dir.exists():
+        raise SystemExit(f"error: run directory {run_dir} already exists; choose another --run-name or --runs-dir")
+    args = dataclasses.replace(args, dataset_id=dataset_id, run_name=run_name, device=str(device),
+                               offline_steps=(0 if ckpt else 1_000_000) if args.offline_steps is None else args.offline_steps,
+                               hidden=ckpt["args"]["hidden"] if ckpt else args.hidden)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    # ------------------------------------------------------------------ data: on the device, states normalized
+    data = load_dataset(dataset_id)
+    obs_space, act_space = data.dataset.observation_space, data.dataset.action_space
+    env_spec = data.dataset.spec.env_spec.to_json()
+    if ckpt and (tuple(ckpt["obs_shape"]) != obs_space.shape or tuple(ckpt["act_shape"]) != act_space.shape
+                 or json.loads(ckpt["env_spec"])["id"] != json.loads(env_spec)["id"]):
+        raise SystemExit(f"error: checkpoint {args.checkpoint} was made for {json.loads(ckpt['env_spec'])['id']} with "
+                         f"observations {tuple(ckpt['obs_shape'])} and actions {tuple(ckpt['act_shape'])}, but dataset "
+                         f"{dataset_id} is {data.dataset.spec.env_spec.id} with {obs_space.shape} and {act_space.shape}")
+    if not np.allclose(act_space.low, -act_space.high):
+        raise SystemExit(f"error: TD3 needs a symmetric action space, dataset has {act_space}")
+    obs_mean, obs_std = (ckpt["obs_mean"], ckpt["obs_std"]) if ckpt else data.obs_mean_std()
+    obs_dim, act_dim = data.obs.shape[1], data.actions.shape[1]
+    to_dev = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device)  # noqa: E731
+    # replay table, one row per transition [s | a | r | s' | terminated] so a batch is one gather:
+    # the n_off offline rows first, then room for every online transition
+    split = [obs_dim, act_dim, 1, obs_dim, 1]
+    n_off, n_on = data.obs.shape[0], 0
+    capacity = min(args.online_steps, args.online_capacity)  # online rows: a ring of this many
+    replay = torch.empty(n_off + capacity, sum(split), device=device)
+    replay[:n_off] = torch.cat([to_dev((data.obs - obs_mean) / obs_std), to_dev(data.actions),
+                                to_dev(data.rewards[:, None]), to_dev((data.next_obs - obs_mean) / obs_std),
+                                to_dev(data.terminated[:, None])], 1)
+    eval_env, env = make_eval_env(data.dataset), make_env(data.dataset)
+
+    tree = SumTree(n_off + capacity, device)  # priorities of every replay row; offline rows start at 1
+    tree.update(torch.arange(n_off, device=device), torch.ones(n_off, device=device))
+    max_priority = torch.tensor(initial_max_priority(n_off, args.init_online_fraction, args.warmup_online_steps),
+                                dtype=torch.float64, device=device)
+
+    # ------------------------------------------------------------------ networks and optimizers
+    max_action = to_dev(act_space.high)
+    actor = Actor(obs_dim, act_dim, max_action, args.hidden).to(device)
+    critic = Critic(obs_dim, act_dim, args.hidden).to(device)
+    actor_target = Actor(obs_dim, act_dim, max_action, args.hidden).to(device).requires_grad_(False)
+    critic_target = Critic(obs_dim, act_dim, args.hidden).to(device).requires_grad_(False)
+    actor_target.load_state_dict(actor.state_dict())
+    critic_target.load_state_dict(critic.state_dict())
+    fused = {"fused": True}  # one fused Adam kernel for all parameters (same math as the for-loop Adam)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, **fused)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.lr, **fused)
+    if ckpt:  # continue from the checkpoint: weights, targets and optimizer states
+        for name, obj in (("actor", actor), ("critic", critic), ("actor_target", actor_target),
+                          ("critic_target", critic_target), ("actor_opt", actor_opt), ("critic_opt", critic_opt)):
+            obj.load_state_dict(ckpt[name])
+    pretrained_actor = None  # pi_0: frozen copy of the actor when the online phase starts
+    weight_net = DensityRatio(obs_dim, act_dim, args.hidden).to(device)
+    weight_opt = torch.optim.Adam(weight_net.parameters(), lr=args.ratio_lr, **fused)
+
+    # ------------------------------------------------------------------ outputs
+    run_dir.mkdir(parents=True)
+    (run_dir / "args.json").write_text(json.dumps({"args": dataclasses.asdict(args), "meta": run_metadata(device)},
+                                                  indent=2))
+    columns = ["phase", "step", "critic_loss", "actor_loss", "reg_loss", "q_mean", "lmbda", "pi_dist",
+               "q_pi_offline", "q_pi_online", "w_offline", "w_online",
+               "online_share", "ratio_loss", "updates", "train_return", "eval_return", "eval_return_std", "eval_score",
+               "updates_per_s", "elapsed_s"]
+    metrics_file = open(run_dir / "metrics.csv", "w", newline="")
+    metrics = csv.DictWriter(metrics_file, fieldnames=columns)
+    metrics.writeheader()
+    episodes_file = open(run_dir / "episodes.csv", "w", newline="")
+    episodes = csv.writer(episodes_file)
+    episodes.writerow(["step", "return", "length", "score"])
+    print(f"{script} on {dataset_id}: {n_off} offline transitions, device {device}, {torch.get_num_threads()} "
+          f"threads, run dir {run_dir}", flush=True)
+
+    def checkpoint(phase: str, step: int) -> None:
+        save_checkpoint(run_dir / "checkpoint.pt", {
+            "algorithm": script, "phase": phase, "step": step, "args": dataclasses.asdict(args),
+            "dataset_id": dataset_id, "env_spec": env_spec, "obs_shape": tuple(obs_space.shape),
+            "act_shape": tuple(act_space.shape), "obs_mean": obs_mean, "obs_std": obs_std,
+            "actor": actor.state_dict(), "critic": critic.state_dict(), "actor_target": actor_target.state_dict(),
+            "critic_target": critic_target.state_dict(), "actor_opt": actor_opt.state_dict(),
+            "critic_opt": critic_opt.state_dict(),
+            "pretrained_actor": pretrained_actor.state_dict() if pretrained_actor else None,
+            "weight_net": weight_net.state_dict(), "weight_opt": weight_opt.state_dict(),
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}})
+
+    sums, counts, evals = {}, {}, []
+    start = t_last = phase_start = time.perf_counter()
+    diag_gen = torch.Generator(device=device).manual_seed(args.seed)  # diagnostics never touch the training RNG
+
+    def accumulate(info: dict) -> None:
+        """Running sums of update info, on the device until a metrics row is written."""
+        for k, v in info.items():
+            sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
+
+    def log(phase: str, step: int, last: int, info: dict | None, extra: dict | None = None) -> None:
+        """Accumulate update info; every --log-every steps (and at evaluations) write a row."""
+        global sums, counts, t_last
+        accumulate(info or {})
+        is_eval = step % args.eval_every == 0 or step == last
+        if step % args.log_every and not is_eval:
+            return
+        row = {k: float(sums[k]) / counts[k] for k in sums}
+        row.update(phase=phase, step=step, **(extra or {}))
+        if counts:
+            row["updates_per_s"] = counts["critic_loss"] / (time.perf_counter() - t_last)
+        sums, counts = {}, {}
+        if is_eval:
+            returns = evaluate(actor, eval_env, obs_mean, obs_std, args.seed, args.eval_episodes, device)
+            row.update(eval_return=returns.mean(), eval_return_std=returns.std(),
+                       eval_score=float(normalized_score(data.dataset, returns).mean()))
+            if phase == "online":
+                evals.append((step, row["eval_score"]))
+            checkpoint(phase, step)  # holds exactly the weights that were just evaluated
+        row["elapsed_s"] = time.perf_counter() - start
+        metrics.writerow(row)
+        metrics_file.flush()
+        score = f"score {row['eval_score']:6.1f} | " if is_eval else ""
+        speed = f"{row['updates_per_s']:6.0f} upd/s | " if "updates_per_s" in row else ""
+        eta = f"ETA {(time.perf_counter() - phase_start) / step * (last - step) / 60:5.1f} min" if step else ""
+        print(f"{phase:>7} step {step:>8}/{last} | {score}{speed}{eta}", flush=True)
+        t_last = time.perf_counter()
+
+    # ------------------------------------------------------------------ offline phase: TD3+BC on the dataset
+    for step in range(1, args.offline_steps + 1):
+        idx = torch.randint(n_off, (args.batch_size,), device=device)  # uniform over the dataset
+        info = update(step, replay[idx].split(split, dim=1), actor, actor_target, critic, critic_target, actor_opt,
+                      critic_opt, args, offline=True)
+        log("offline", step, args.offline_steps, info)
+    if args.offline_steps == 0 and args.online_steps == 0:  # nothing to train: evaluate the weights as they are
+        log("offline", 0, 0, None)
+
+    # ------------------------------------------------------------------ online phase: act, store, update
+    if args.online_steps > 0:
+        pretrained_actor = copy.deepcopy(actor).requires_grad_(False)
+        phase_start = time.perf_counter()
+        if args.reset_optimizers:  # fresh Adam moments for the online phase
+            actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, **fused)
+            critic_opt = torch.optim.Adam(critic.parameters(), lr=args.lr, **fused)
+        log("online", 0, args.online_steps, None)  # step 0: the pretrained policy before any online update
+        obs, _ = env.reset(seed=args.seed)
+        ep_return, ep_len, recent_returns, updates_done = 0.0, 0, [], 0
+        for step in range(1, args.online_steps + 1):
+            with torch.no_grad():  # a = clip(pi(s) + N(0, (sigma * max_action)^2))
+                a = actor(to_dev((obs - obs_mean) / obs_std))
+                a = (a + torch.randn_like(a) * args.expl_noise * max_action).clamp(-max_action, max_action)
+            next_obs, reward, terminated, truncated, _ = env.step(a.cpu().numpy())
+            # a truncated step is stored as non-terminal; it enters the tree at the running maximum priority
+            row = n_off + n_on % capacity
+            replay[row] = torch.cat([to_dev((obs - obs_mean) / obs_std), a, to_dev([reward]),
+                                     to_dev((next_obs - obs_mean) / obs_std), to_dev([float(terminated)])])
+            tree.update(torch.tensor([row], device=device), max_priority[None])
+            n_on += 1
+            ep_return, ep_len, obs = ep_return + float(reward), ep_len + 1, next_obs
+            if terminated or truncated:
+                score = float(normalized_score(data.dataset, ep_return))
+                episodes.writerow([step, ep_return, ep_len, score])
+                recent_returns.append(ep_return)
+                obs, _ = env.reset()
+                ep_return, ep_len = 0.0, 0
+            # no update before the warm-up transitions are in; then the warm-up burst; then one per step
+            n_updates = 0 if step < args.warmup_online_steps else \
+                args.warmup_updates if step == args.warmup_online_steps else 1
+            info = None
+            for _ in range(n_updates):
+                if info is not None:
+                    accumulate(info)
+                updates_done += 1
+                idx = tree.sample(args.batch_size)  # proportional to priority, stratified
+                batch = replay[idx].split(split, dim=1)
+                info = update(updates_done, batch, actor, actor_target, critic, critic_target, actor_opt,
+                              critic_opt, args, offline=False)
+                off = replay[torch.randint(n_off, (args.ratio_batch_size,), device=device)].split(split, dim=1)
+                on = replay[n_off + torch.randint(min(n_on, capacity), (args.ratio_batch_size,), device=device)]
+                priority, stats = update_ratio_and_priorities(weight_net, weight_opt, tree, idx, batch, off,
+                                                              on.split(split, dim=1), args)
+                max_priority = torch.maximum(max_priority, priority.max().to(torch.float64))
+                info.update(stats, online_share=(idx >= n_off).float().mean())
+            extra = None
+            if step % args.log_every == 0 or step % args.eval_every == 0 or step == args.online_steps:
+                with torch.no_grad():  # collapse diagnostics on fresh offline and online states
+                    s_off = replay[torch.randint(n_off, (1024,), device=device, generator=diag_gen), :obs_dim]
+                    s_on = replay[n_off + torch.randint(min(n_on, capacity), (1024,), device=device,
+                                                        generator=diag_gen), :obs_dim]
+                    s = torch.cat([s_off, s_on])
+                    pi = actor(s)
+                    q_pi = critic(s, pi, n=1)[0]
+                    extra = {"pi_dist": float((pi - pretrained_actor(s)).norm(dim=-1).mean()),
+                             "q_pi_offline": float(q_pi[:1024].mean()), "q_pi_online": float(q_pi[1024:].mean()),
+                             "train_return": float(np.mean(recent_returns)) if recent_returns else None,
+                             "updates": updates_done}
+                episodes_file.flush()
+                recent_returns = []
+            log("online", step, args.online_steps, info, extra)
+
+        summary = collapse_summary(evals, args.collapse_window)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        print("summary: " + " | ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
+    metrics_file.close()
+    episodes_file.close()
+    print(f"done in {(time.perf_counter() - start) / 60:.1f} min; checkpoint {run_dir / 'checkpoint.pt'}")
