@@ -147,7 +147,8 @@ if __name__ == "__main__":
         raise SystemExit(0)
     md = (BENCH.parent / "benchmarks.md").read_text()
     for d in sorted((BENCH / "td3_bc").glob("*")):
-        md = replace_block(md, f"td3_bc/{d.name}", td3_bc_block(d))
+        if f"<!-- report:td3_bc/{d.name} -->" in md:
+            md = replace_block(md, f"td3_bc/{d.name}", td3_bc_block(d))
     for d in sorted((BENCH / "finetune").glob("*")):
         if f"<!-- report:finetune/{d.name} -->" in md:
             md = replace_block(md, f"finetune/{d.name}", finetune_block(d))

@@ -1,0 +1,56 @@
+"""scripts/report.py: tables from per-run files, generated blocks, checkpoint hashes."""
+import json
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import report  # noqa: E402
+
+HEADER = "phase,step,critic_loss,eval_score,elapsed_s\n"
+
+
+def write_run(d, rows, summary=None):
+    d.mkdir(parents=True)
+    (d / "metrics.csv").write_text(HEADER + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    if summary:
+        (d / "summary.json").write_text(json.dumps(summary))
+
+
+def test_finetune_table(tmp_path):
+    base = {"min_score_in_window": 10.0, "final_step": 50000}
+    write_run(tmp_path / "naive_ft_s0", [("online", 0, "", 50.0, 1)], dict(base, step0_score=50.0, dip=40.0,
+                                                                           recovery_steps=None, final_score=30.0))
+    write_run(tmp_path / "naive_ft_s1", [("online", 0, "", 60.0, 1)], dict(base, step0_score=60.0, dip=20.0,
+                                                                           recovery_steps=7500, final_score=70.0))
+    table = report.finetune_block(tmp_path).splitlines()
+    assert len(table) == 3  # header, rule, one method (the others have no runs)
+    assert table[2] == ("| naive TD3 finetuning | 2 | 55.0 ± 7.1 | 10.0 ± 0.0 | 30.0 ± 14.1 | never, 7,500 | "
+                        "50.0 ± 28.3 | 50,000 |")
+
+
+def test_td3_bc_table_last5_and_wall(tmp_path):
+    rows = [("offline", 1000 * i, 0.1, 10.0 * i, 60.0 * i) for i in range(1, 8)]
+    write_run(tmp_path / "seed0", rows)
+    out = report.td3_bc_block(tmp_path)
+    assert "| 7,000 | 70.0 | 70.0 |" in out
+    assert "| seed0 | 50.0 | 7.0 min |" in out  # mean of 30..70; 420 s
+
+
+def test_replace_block_and_missing_marker():
+    md = "a\n<!-- report:x -->\nold\n<!-- /report:x -->\nb\n"
+    assert report.replace_block(md, "x", "new") == "a\n<!-- report:x -->\nnew\n<!-- /report:x -->\nb\n"
+    with pytest.raises(SystemExit, match="no block"):
+        report.replace_block(md, "y", "new")
+
+
+def test_checkpoint_hash(tmp_path):
+    nets = {k: {"w": torch.arange(6.0).reshape(2, 3)} for k in ("actor", "critic", "actor_target", "critic_target")}
+    torch.save(dict(nets, step=1), tmp_path / "a.pt")
+    torch.save(dict(nets, step=2), tmp_path / "b.pt")  # other metadata, same weights
+    nets["critic"] = {"w": torch.arange(6.0).reshape(2, 3) + 1e-6}
+    torch.save(nets, tmp_path / "c.pt")
+    h = [report.checkpoint_hash(tmp_path / f"{n}.pt") for n in "abc"]
+    assert h[0] == h[1] != h[2] and len(h[0]) == 64
