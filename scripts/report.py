@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 METHODS = {"td3_bc": "TD3+BC continued online", "naive_ft": "naive TD3 finetuning",
-           "conservative_ft": "conservative finetuning (ours)"}
+           "conservative_ft": "conservative finetuning (ours)", "balanced_replay": "balanced replay (Lee et al.)"}
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -60,18 +60,34 @@ def td3_bc_block(dataset_dir: Path) -> str:
 
 def finetune_block(dataset_dir: Path) -> str:
     rows = ["| method | seeds | step-0 score | lowest score (first 50k) | dip | recovery steps (per seed) "
-            "| final score | updates |", "|---|---|---|---|---|---|---|---|"]
+            "| final score | updates | wall time |", "|---|---|---|---|---|---|---|---|---|"]
     for method, label in METHODS.items():
         runs = sorted(dataset_dir.glob(f"{method}_s*"))
         summaries = [json.loads((r / "summary.json").read_text()) for r in runs if (r / "summary.json").exists()]
         if not summaries:
             continue
         rec = ", ".join("never" if s["recovery_steps"] is None else f"{s['recovery_steps']:,}" for s in summaries)
-        updates = summaries[0]["final_step"]  # one update per online environment step
+        last = read_csv(runs[0] / "metrics.csv")[-1]
+        updates = int(last["updates"]) if last.get("updates") else summaries[0]["final_step"]  # else 1 per step
         rows.append(f"| {label} | {len(summaries)} | {mean_sd([s['step0_score'] for s in summaries])} | "
                     f"{mean_sd([s['min_score_in_window'] for s in summaries])} | {mean_sd([s['dip'] for s in summaries])} "
-                    f"| {rec} | {mean_sd([s['final_score'] for s in summaries])} | {updates:,} |")
+                    f"| {rec} | {mean_sd([s['final_score'] for s in summaries])} | {updates:,} "
+                    f"| {statistics.mean(float(read_csv(r / 'metrics.csv')[-1]['elapsed_s']) for r in runs) / 60:.0f} min |")
     return "\n".join(rows)
+
+
+def online_share_block(dataset_dir: Path) -> str:
+    """Balanced replay: share of online transitions in the RL batches over time (mean over seeds)."""
+    runs = sorted(dataset_dir.glob("balanced_replay_s*"))
+    if not runs:
+        return "(no balanced replay runs yet)"
+    curves = [{int(r["step"]): float(r["online_share"]) for r in read_csv(p / "metrics.csv")
+               if r["phase"] == "online" and r.get("online_share")} for p in runs]
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    steps = [s for s in steps if s % 5000 == 0 or s == steps[0]]
+    head = "| online step | " + " | ".join(f"{s:,}" for s in steps) + " |"
+    vals = "| online share | " + " | ".join(f"{statistics.mean(c[s] for c in curves):.2f}" for s in steps) + " |"
+    return "\n".join([head, "|---" * (len(steps) + 1) + "|", vals])
 
 
 def finetune_plot(dataset_dir: Path, png: Path) -> None:
@@ -152,6 +168,8 @@ if __name__ == "__main__":
     for d in sorted((BENCH / "finetune").glob("*")):
         if f"<!-- report:finetune/{d.name} -->" in md:
             md = replace_block(md, f"finetune/{d.name}", finetune_block(d))
+            if f"<!-- report:share/{d.name} -->" in md:
+                md = replace_block(md, f"share/{d.name}", online_share_block(d))
             if not a.no_plots:
                 finetune_plot(d, BENCH / f"finetune_{d.name}.png")
     (BENCH.parent / "benchmarks.md").write_text(md)

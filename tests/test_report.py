@@ -27,8 +27,9 @@ def test_finetune_table(tmp_path):
                                                                            recovery_steps=7500, final_score=70.0))
     table = report.finetune_block(tmp_path).splitlines()
     assert len(table) == 3  # header, rule, one method (the others have no runs)
+    assert table[0].count("|") == table[2].count("|") == 10
     assert table[2] == ("| naive TD3 finetuning | 2 | 55.0 ± 7.1 | 10.0 ± 0.0 | 30.0 ± 14.1 | never, 7,500 | "
-                        "50.0 ± 28.3 | 50,000 |")
+                        "50.0 ± 28.3 | 50,000 | 0 min |")
 
 
 def test_td3_bc_table_last5_and_wall(tmp_path):
