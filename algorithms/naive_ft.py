@@ -38,8 +38,9 @@ from offline_data import load_dataset, make_env, make_eval_env, normalized_score
 
 @dataclass
 class Args:
-    env: str = "hopper"
-    """shorthand for the official Minari dataset `mujoco/<env>/medium-v0`: hopper, halfcheetah or walker2d"""
+    env: str | None = None
+    """shorthand for the official Minari dataset `mujoco/<env>/medium-v0`: hopper (the default), halfcheetah or
+    walker2d"""
     dataset_id: str | None = None
     """any Minari dataset id (e.g. `standin/hopper/medium-v0`); wins over --env. With --checkpoint, the
     checkpoint's id is used and a different one here is an error"""
@@ -236,7 +237,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: str, dataset_id: str | None) -> dict:
-    """A checkpoint of these scripts, checked against an explicitly given --dataset-id."""
+    """A checkpoint of these scripts, checked against an explicitly requested dataset id (None: any)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)  # only load checkpoints you trust
     except Exception as e:
@@ -244,7 +245,8 @@ def load_checkpoint(path: str, dataset_id: str | None) -> dict:
     if not isinstance(ckpt, dict) or not {"actor", "critic", "dataset_id", "obs_shape"} <= ckpt.keys():
         raise SystemExit(f"error: {path} is not a checkpoint written by these scripts")
     if dataset_id and dataset_id != ckpt["dataset_id"]:
-        raise SystemExit(f"error: --dataset-id {dataset_id} differs from the checkpoint's dataset {ckpt['dataset_id']}")
+        raise SystemExit(f"error: the requested dataset {dataset_id} (--env/--dataset-id) differs from the "
+                         f"checkpoint's dataset {ckpt['dataset_id']}")
     return ckpt
 
 
@@ -285,8 +287,9 @@ if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__.split("\n\n")[0])
     validate(args)
     script = Path(__file__).stem
-    ckpt = load_checkpoint(args.checkpoint, args.dataset_id) if args.checkpoint else None
-    dataset_id = ckpt["dataset_id"] if ckpt else resolve_dataset_id(args.env, args.dataset_id)
+    requested = resolve_dataset_id(args.env, args.dataset_id) if args.env or args.dataset_id else None
+    ckpt = load_checkpoint(args.checkpoint, requested) if args.checkpoint else None
+    dataset_id = ckpt["dataset_id"] if ckpt else requested or resolve_dataset_id("hopper", None)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     run_name = args.run_name or f"{dataset_id.replace('/', '-')}__{script}__{args.seed}__{int(time.time())}"

@@ -182,7 +182,7 @@ def test_bad_input(minari_root, tmp_path, script, argv, message):
     assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith(message), proc.stderr
 
 
-@pytest.mark.parametrize("script", FT_SCRIPTS + ["td3_bc.py"])
+@pytest.mark.parametrize("script", FT_SCRIPTS + ["td3_bc.py", "balanced_replay.py"])
 def test_mismatched_checkpoint(pretrained, tmp_path, script):
     ckpt = torch.load(pretrained / "offline" / "checkpoint.pt", weights_only=False)
     ckpt["obs_shape"], ckpt["env_spec"] = (17,), json.dumps({"id": "Walker2d-v5"})
@@ -193,11 +193,13 @@ def test_mismatched_checkpoint(pretrained, tmp_path, script):
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"error: checkpoint {tmp_path / 'walker.pt'} was made for Walker2d-v5 with "
                                f"observations (17,)") and f"dataset {TINY_ID} is Hopper-v5" in lines[0]
-    # an explicitly different dataset id is an error too
-    proc = run_script(script, "--checkpoint", str(pretrained / "offline" / "checkpoint.pt"), "--dataset-id",
-                      "mujoco/hopper/medium-v0", "--runs-dir", str(tmp_path / "r"), check=False)
-    assert proc.returncode != 0 and proc.stderr.strip() == (
-        f"error: --dataset-id mujoco/hopper/medium-v0 differs from the checkpoint's dataset {TINY_ID}")
+    # an explicitly different dataset (by id or by --env) is an error too
+    for flag, value in (("--dataset-id", "mujoco/hopper/medium-v0"), ("--env", "hopper")):
+        proc = run_script(script, "--checkpoint", str(pretrained / "offline" / "checkpoint.pt"), flag, value,
+                          "--runs-dir", str(tmp_path / "r"), check=False)
+        assert proc.returncode != 0 and proc.stderr.strip() == (
+            f"error: the requested dataset mujoco/hopper/medium-v0 (--env/--dataset-id) differs from the "
+            f"checkpoint's dataset {TINY_ID}")
     # a file that is not a checkpoint
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     proc = run_script(script, "--checkpoint", str(tmp_path / "junk.pt"), "--runs-dir", str(tmp_path / "r"), check=False)
