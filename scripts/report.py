@@ -60,18 +60,20 @@ def td3_bc_block(dataset_dir: Path) -> str:
 
 def finetune_block(dataset_dir: Path) -> str:
     rows = ["| method | seeds | step-0 score | lowest score (first 50k) | dip | recovery steps (per seed) "
-            "| final score | updates | wall time |", "|---|---|---|---|---|---|---|---|---|"]
+            "| mean score after step 0 | final score | updates | wall time |", "|---" * 10 + "|"]
     for method, label in METHODS.items():
         runs = sorted(dataset_dir.glob(f"{method}_s*"))
         summaries = [json.loads((r / "summary.json").read_text()) for r in runs if (r / "summary.json").exists()]
         if not summaries:
             continue
         rec = ", ".join("never" if s["recovery_steps"] is None else f"{s['recovery_steps']:,}" for s in summaries)
+        # the average of all evaluations after step 0: area under the learning curve, i.e. sample efficiency
+        area = [statistics.mean(v for t, v in evals(read_csv(r / "metrics.csv"), "online") if t > 0) for r in runs]
         last = read_csv(runs[0] / "metrics.csv")[-1]
         updates = int(last["updates"]) if last.get("updates") else summaries[0]["final_step"]  # else 1 per step
         rows.append(f"| {label} | {len(summaries)} | {mean_sd([s['step0_score'] for s in summaries])} | "
                     f"{mean_sd([s['min_score_in_window'] for s in summaries])} | {mean_sd([s['dip'] for s in summaries])} "
-                    f"| {rec} | {mean_sd([s['final_score'] for s in summaries])} | {updates:,} "
+                    f"| {rec} | {mean_sd(area)} | {mean_sd([s['final_score'] for s in summaries])} | {updates:,} "
                     f"| {statistics.mean(float(read_csv(r / 'metrics.csv')[-1]['elapsed_s']) for r in runs) / 60:.0f} min |")
     return "\n".join(rows)
 

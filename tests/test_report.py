@@ -21,15 +21,16 @@ def write_run(d, rows, summary=None):
 
 def test_finetune_table(tmp_path):
     base = {"min_score_in_window": 10.0, "final_step": 50000}
-    write_run(tmp_path / "naive_ft_s0", [("online", 0, "", 50.0, 1)], dict(base, step0_score=50.0, dip=40.0,
+    write_run(tmp_path / "naive_ft_s0", [("online", 0, "", 50.0, 1), ("online", 5, "", 20.0, 1)], dict(base, step0_score=50.0, dip=40.0,
                                                                            recovery_steps=None, final_score=30.0))
-    write_run(tmp_path / "naive_ft_s1", [("online", 0, "", 60.0, 1)], dict(base, step0_score=60.0, dip=20.0,
+    write_run(tmp_path / "naive_ft_s1", [("online", 0, "", 60.0, 1), ("online", 5, "", 40.0, 1),
+                                         ("online", 10, "", 60.0, 1)], dict(base, step0_score=60.0, dip=20.0,
                                                                            recovery_steps=7500, final_score=70.0))
     table = report.finetune_block(tmp_path).splitlines()
     assert len(table) == 3  # header, rule, one method (the others have no runs)
-    assert table[0].count("|") == table[2].count("|") == 10
+    assert table[0].count("|") == table[2].count("|") == 11
     assert table[2] == ("| naive TD3 finetuning | 2 | 55.0 ± 7.1 | 10.0 ± 0.0 | 30.0 ± 14.1 | never, 7,500 | "
-                        "50.0 ± 28.3 | 50,000 | 0 min |")
+                        "35.0 ± 21.2 | 50.0 ± 28.3 | 50,000 | 0 min |")  # means after step 0: 20 and 50
 
 
 def test_td3_bc_table_last5_and_wall(tmp_path):
