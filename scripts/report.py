@@ -78,6 +78,22 @@ def finetune_block(dataset_dir: Path) -> str:
     return "\n".join(rows)
 
 
+def diagnostics_block(dataset_dir: Path, steps=(2500, 10000, 50000)) -> str:
+    """Collapse diagnostics at a few online steps, mean over seeds: distance to pi_0 and Q on offline/online states."""
+    out = ["| method | " + " | ".join(f"‖π−π₀‖ @{s:,}" for s in steps) + " | " +
+           " | ".join(f"Q(s,π(s)) offline / online @{s:,}" for s in steps) + " |", "|---" * (1 + 2 * len(steps)) + "|"]
+    for method, label in METHODS.items():
+        runs = sorted(dataset_dir.glob(f"{method}_s*"))
+        rows = [{int(r["step"]): r for r in read_csv(p / "metrics.csv") if r["phase"] == "online"} for p in runs]
+        rows = [r for r in rows if all(s in r for s in steps)]
+        if not rows:
+            continue
+        m = lambda col, s: statistics.mean(float(r[s][col]) for r in rows)  # noqa: E731
+        out.append(f"| {label} | " + " | ".join(f"{m('pi_dist', s):.2f}" for s in steps) + " | " +
+                   " | ".join(f"{m('q_pi_offline', s):.0f} / {m('q_pi_online', s):.0f}" for s in steps) + " |")
+    return "\n".join(out)
+
+
 def online_share_block(dataset_dir: Path) -> str:
     """Balanced replay: share of online transitions in the RL batches over time (mean over seeds)."""
     runs = sorted(dataset_dir.glob("balanced_replay_s*"))
@@ -170,6 +186,8 @@ if __name__ == "__main__":
     for d in sorted((BENCH / "finetune").glob("*")):
         if f"<!-- report:finetune/{d.name} -->" in md:
             md = replace_block(md, f"finetune/{d.name}", finetune_block(d))
+            if f"<!-- report:diag/{d.name} -->" in md:
+                md = replace_block(md, f"diag/{d.name}", diagnostics_block(d))
             if f"<!-- report:share/{d.name} -->" in md:
                 md = replace_block(md, f"share/{d.name}", online_share_block(d))
             if not a.no_plots:
