@@ -420,22 +420,24 @@ if __name__ == "__main__":
         phase_start = time.perf_counter()
         log("online", 0, args.online_steps, None)  # step 0: the pretrained policy before any online update
         obs, _ = env.reset(seed=args.seed)
+        obs_t = to_dev((obs - obs_mean) / obs_std)  # the normalized observation, uploaded once per step
         ep_return, ep_len, recent_returns = 0.0, 0, []
         for step in range(1, args.online_steps + 1):
             with torch.no_grad():  # a = clip(pi(s) + N(0, (sigma * max_action)^2))
-                a = actor(to_dev((obs - obs_mean) / obs_std))
+                a = actor(obs_t)
                 a = (a + torch.randn_like(a) * args.expl_noise * max_action).clamp(-max_action, max_action)
             next_obs, reward, terminated, truncated, _ = env.step(a.cpu().numpy())
             # a truncated step is stored as non-terminal: its target still bootstraps from s'
-            replay[n_off + n_on] = torch.cat([to_dev((obs - obs_mean) / obs_std), a, to_dev([reward]),
-                                              to_dev((next_obs - obs_mean) / obs_std), to_dev([float(terminated)])])
+            next_t = to_dev((next_obs - obs_mean) / obs_std)
+            replay[n_off + n_on] = torch.cat([obs_t, a, to_dev([reward]), next_t, to_dev([float(terminated)])])
             n_on += 1
-            ep_return, ep_len, obs = ep_return + float(reward), ep_len + 1, next_obs
+            ep_return, ep_len, obs_t = ep_return + float(reward), ep_len + 1, next_t
             if terminated or truncated:
                 score = float(normalized_score(data.dataset, ep_return))
                 episodes.writerow([step, ep_return, ep_len, score])
                 recent_returns.append(ep_return)
                 obs, _ = env.reset()
+                obs_t = to_dev((obs - obs_mean) / obs_std)
                 ep_return, ep_len = 0.0, 0
             info = update(step, sample(online=True), actor, actor_target, critic, critic_target, actor_opt,
                           critic_opt, args)
