@@ -86,7 +86,8 @@ class Args:
     eval_every: int = 5_000
     """evaluate and checkpoint every this many steps of each phase, at each phase's last step and at online step 0"""
     eval_episodes: int = 10
-    """episodes per evaluation; episode i is seeded from (--seed, i) only"""
+    """episodes per evaluation, run side by side in as many envs (one batched actor call per step); episode i is
+    seeded from (--seed, i) only"""
     log_every: int = 1_000
     """write a metrics row (losses averaged since the last row) every this many steps"""
     collapse_window: int = 50_000
@@ -121,6 +122,8 @@ class EnsembleLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(n, 1, out_dim).uniform_(-bound, bound))
 
     def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:  # (n, B, in) -> (n, B, out)
+        if n == self.weight.shape[0]:  # all members: no slicing (a slice's backward allocates and copies)
+            return torch.baddbmm(self.bias, x, self.weight)
         return torch.baddbmm(self.bias[:n], x, self.weight[:n])
 
 
@@ -193,21 +196,21 @@ def replay_indices(n_off: int, n_on: int, batch_size: int, ratio: float, device)
                       n_off + torch.randint(n_on, (batch_size - k,), device=device)])
 
 
-def evaluate(actor, env, obs_mean, obs_std, seed: int, episodes: int, device) -> np.ndarray:
-    """Undiscounted returns of the deterministic actor; episode i is reset with a seed derived from (seed, i)
-    only, so the same weights always get the same score."""
-    returns = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
-        done, ret = False, 0.0
-        while not done:
-            with torch.no_grad():
-                a = actor(torch.as_tensor((obs - obs_mean) / obs_std, dtype=torch.float32, device=device))
-            obs, r, terminated, truncated, _ = env.step(a.cpu().numpy())
-            ret += float(r)
-            done = terminated or truncated
-        returns.append(ret)
-    return np.array(returns)
+def evaluate(actor, envs: list, obs_mean, obs_std, seed: int, device) -> np.ndarray:
+    """Undiscounted returns of the deterministic actor, one episode per env, all run side by side with one batched
+    actor call per step; episode i is reset with a seed derived from (seed, i) only, so the same weights always
+    get the same score."""
+    obs = np.stack([env.reset(seed=int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))[0]
+                    for i, env in enumerate(envs)])
+    returns, done = np.zeros(len(envs)), np.zeros(len(envs), dtype=bool)
+    while not done.all():
+        with torch.no_grad():  # every row, finished or not: a fixed batch shape gives the same rounding each step
+            act = actor(torch.as_tensor((obs - obs_mean) / obs_std, dtype=torch.float32, device=device)).cpu().numpy()
+        for i in np.flatnonzero(~done):
+            obs[i], r, terminated, truncated, _ = envs[i].step(act[i])
+            returns[i] += float(r)
+            done[i] = terminated or truncated
+    return returns
 
 
 def collapse_summary(evals: list[tuple[int, float]], window: int) -> dict:
@@ -322,7 +325,7 @@ if __name__ == "__main__":
     replay[:n_off] = torch.cat([to_dev((data.obs - obs_mean) / obs_std), to_dev(data.actions),
                                 to_dev(data.rewards[:, None]), to_dev((data.next_obs - obs_mean) / obs_std),
                                 to_dev(data.terminated[:, None])], 1)
-    eval_env, env = make_eval_env(data.dataset), make_env(data.dataset)
+    eval_envs, env = [make_eval_env(data.dataset) for _ in range(args.eval_episodes)], make_env(data.dataset)
 
     def sample(online: bool):
         idx = replay_indices(n_off, n_on if online else 0, args.batch_size, args.offline_ratio, device)
@@ -391,7 +394,7 @@ if __name__ == "__main__":
             row["updates_per_s"] = counts["critic_loss"] / (time.perf_counter() - t_last)
         sums, counts = {}, {}
         if is_eval:
-            returns = evaluate(actor, eval_env, obs_mean, obs_std, args.seed, args.eval_episodes, device)
+            returns = evaluate(actor, eval_envs, obs_mean, obs_std, args.seed, device)
             row.update(eval_return=returns.mean(), eval_return_std=returns.std(),
                        eval_score=float(normalized_score(data.dataset, returns).mean()))
             if phase == "online":
