@@ -112,7 +112,8 @@ class Args:
     eval_every: int = 5_000
     """evaluate and checkpoint every this many steps of each phase, at each phase's last step and at online step 0"""
     eval_episodes: int = 10
-    """episodes per evaluation; episode i is seeded from (--seed, i) only"""
+    """episodes per evaluation, run side by side in as many envs (one batched actor call per step); episode i is
+    seeded from (--seed, i) only"""
     log_every: int = 1_000
     """write a metrics row (losses averaged since the last row) every this many steps"""
     collapse_window: int = 50_000
@@ -147,6 +148,8 @@ class EnsembleLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(n, 1, out_dim).uniform_(-bound, bound))
 
     def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:  # (n, B, in) -> (n, B, out)
+        if n == self.weight.shape[0]:  # all members: no slice (a slice's backward allocates and copies)
+            return torch.baddbmm(self.bias, x, self.weight)
         return torch.baddbmm(self.bias[:n], x, self.weight[:n])
 
 
@@ -211,39 +214,45 @@ def update(step: int, batch, actor, actor_target, critic, critic_target, actor_o
 
 # ---------------------------------------------------------------------------------------------- helpers
 class SumTree:
-    """Binary sum tree over `capacity` leaf priorities, in torch on the device (float64 sums). Node 1 is the root,
-    node i has children 2i and 2i+1, leaf j is node size + j. Updates and sampling are batched over the tree's
-    levels: no Python loop per sample, no host round-trip."""
+    """Sum tree over `capacity` leaf priorities, in torch on the device (float64 sums). A wide tree: each node sums
+    `fanout` children, so 1.25M leaves need 4 levels instead of 21 and a batched update or sample is a handful of
+    tensor ops per level (no Python loop per sample, no host round-trip). levels[0] holds the leaves, levels[-1]
+    the `fanout` top nodes; node j of level d sums nodes fanout*j ... fanout*j + fanout-1 of level d-1."""
 
-    def __init__(self, capacity: int, device):
-        self.size = 1 << max(1, (capacity - 1).bit_length())
-        self.depth = self.size.bit_length() - 1
-        self.nodes = torch.zeros(2 * self.size, dtype=torch.float64, device=device)
+    def __init__(self, capacity: int, device, fanout: int = 64):
+        self.fanout, self.levels, n = fanout, [], capacity
+        while True:
+            n = -(-n // fanout) * fanout  # each level padded to whole groups of children (padding stays 0)
+            self.levels.append(torch.zeros(n, dtype=torch.float64, device=device))
+            if n == fanout:
+                break
+            n //= fanout
 
     def total(self) -> torch.Tensor:
-        return self.nodes[1]
+        return self.levels[-1].sum()
 
     def update(self, idx: torch.Tensor, priorities: torch.Tensor) -> None:
         """Set leaf priorities, then recompute their ancestors level by level (duplicates write equal values)."""
-        node = idx + self.size
-        self.nodes[node] = priorities.to(torch.float64)
-        for _ in range(self.depth):
-            node = node // 2
-            self.nodes[node] = self.nodes[2 * node] + self.nodes[2 * node + 1]
+        self.levels[0][idx] = priorities.to(torch.float64)
+        for below, level in zip(self.levels, self.levels[1:]):
+            idx = idx // self.fanout
+            level[idx] = below.view(-1, self.fanout)[idx].sum(1)
 
     def sample(self, batch_size: int) -> torch.Tensor:
-        """Stratified proportional sampling: split the total mass into batch_size equal segments, draw one point
+        """Stratified proportional sampling: split the total mass into batch_size equal segments, draw one point u
         uniformly in each, and descend to the leaf whose cumulative-priority interval holds it."""
-        dev = self.nodes.device
+        dev = self.levels[0].device
         u = (torch.arange(batch_size, device=dev) + torch.rand(batch_size, dtype=torch.float64, device=dev))
         u = u * (self.total() / batch_size)
-        node = torch.ones(batch_size, dtype=torch.long, device=dev)
-        for _ in range(self.depth):
-            left, right = self.nodes[2 * node], self.nodes[2 * node + 1]
-            go_right = ((u >= left) & (right > 0)) | (left <= 0)  # never enter an empty subtree (rounding at edges)
-            u = torch.where(go_right, u - left, u)
-            node = 2 * node + go_right.long()
-        return node - self.size
+        node = torch.zeros(batch_size, dtype=torch.long, device=dev)
+        for level in reversed(self.levels):
+            cum = level.view(-1, self.fanout)[node].cumsum(1)  # (B, fanout) cumulative mass of node's children
+            # rounding can put u at or past the node's total: keep it below, so an empty child is never entered
+            u = torch.minimum(u, torch.nextafter(cum[:, -1], torch.zeros_like(u)))
+            child = torch.searchsorted(cum, u[:, None], right=True)  # the first child whose cumulative mass > u
+            u = u - torch.where(child > 0, cum.gather(1, (child - 1).clamp(min=0)), 0.0).squeeze(1)
+            node = node * self.fanout + child.squeeze(1)
+        return node
 
 
 class DensityRatio(nn.Module):
@@ -273,7 +282,8 @@ def initial_max_priority(n_offline: int, fraction: float, n_first: int) -> float
 def update_ratio_and_priorities(weight_net, weight_opt, tree, idx, rl_batch, off_batch, on_batch, args):
     """One balanced-replay step: new priorities for the sampled RL batch from the current estimator (before its
     update), then one estimator update. Returns (new priorities, detached scalar stats)."""
-    w_off, w_on = weight_net(off_batch[0], off_batch[1]), weight_net(on_batch[0], on_batch[1])
+    b = off_batch[0].shape[0]  # one forward over the offline and online batch: w_off, w_on = its two halves
+    w_off, w_on = weight_net(torch.cat([off_batch[0], on_batch[0]]), torch.cat([off_batch[1], on_batch[1]])).split(b)
     with torch.no_grad():  # priority = w^(1/T) / mean_offline(w^(1/T)), clamped to [1e-3, 1e3]
         inv_t = 1.0 / args.temperature
         priority = (weight_net(rl_batch[0], rl_batch[1]) ** inv_t / ((w_off ** inv_t).mean() + 1e-10)).clamp(1e-3, 1e3)
@@ -285,21 +295,21 @@ def update_ratio_and_priorities(weight_net, weight_opt, tree, idx, rl_batch, off
     return priority, {"ratio_loss": loss.detach(), "w_offline": w_off.detach().mean(), "w_online": w_on.detach().mean()}
 
 
-def evaluate(actor, env, obs_mean, obs_std, seed: int, episodes: int, device) -> np.ndarray:
-    """Undiscounted returns of the deterministic actor; episode i is reset with a seed derived from (seed, i)
-    only, so the same weights always get the same score."""
-    returns = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
-        done, ret = False, 0.0
-        while not done:
-            with torch.no_grad():
-                a = actor(torch.as_tensor((obs - obs_mean) / obs_std, dtype=torch.float32, device=device))
-            obs, r, terminated, truncated, _ = env.step(a.cpu().numpy())
-            ret += float(r)
-            done = terminated or truncated
-        returns.append(ret)
-    return np.array(returns)
+def evaluate(actor, envs: list, obs_mean, obs_std, seed: int, device) -> np.ndarray:
+    """Undiscounted returns of the deterministic actor, one episode per env, all run side by side with one batched
+    actor call per step; episode i is reset with a seed derived from (seed, i) only, so the same weights always
+    get the same score."""
+    obs = np.stack([env.reset(seed=int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))[0]
+                    for i, env in enumerate(envs)])
+    returns, done = np.zeros(len(envs)), np.zeros(len(envs), dtype=bool)
+    while not done.all():
+        with torch.no_grad():  # every row, finished or not: a fixed batch shape gives the same rounding each step
+            act = actor(torch.as_tensor((obs - obs_mean) / obs_std, dtype=torch.float32, device=device)).cpu().numpy()
+        for i in np.flatnonzero(~done):
+            obs[i], r, terminated, truncated, _ = envs[i].step(act[i])
+            returns[i] += float(r)
+            done[i] = terminated or truncated
+    return returns
 
 
 def collapse_summary(evals: list[tuple[int, float]], window: int) -> dict:
@@ -422,7 +432,7 @@ if __name__ == "__main__":
     replay[:n_off] = torch.cat([to_dev((data.obs - obs_mean) / obs_std), to_dev(data.actions),
                                 to_dev(data.rewards[:, None]), to_dev((data.next_obs - obs_mean) / obs_std),
                                 to_dev(data.terminated[:, None])], 1)
-    eval_env, env = make_eval_env(data.dataset), make_env(data.dataset)
+    eval_envs, env = [make_eval_env(data.dataset) for _ in range(args.eval_episodes)], make_env(data.dataset)
 
     tree = SumTree(n_off + capacity, device)  # priorities of every replay row; offline rows start at 1
     tree.update(torch.arange(n_off, device=device), torch.ones(n_off, device=device))
@@ -500,7 +510,7 @@ if __name__ == "__main__":
             row["updates_per_s"] = counts["critic_loss"] / (time.perf_counter() - t_last)
         sums, counts = {}, {}
         if is_eval:
-            returns = evaluate(actor, eval_env, obs_mean, obs_std, args.seed, args.eval_episodes, device)
+            returns = evaluate(actor, eval_envs, obs_mean, obs_std, args.seed, device)
             row.update(eval_return=returns.mean(), eval_return_std=returns.std(),
                        eval_score=float(normalized_score(data.dataset, returns).mean()))
             if phase == "online":

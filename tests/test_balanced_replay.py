@@ -15,20 +15,25 @@ ONLINE = ["--online-steps", "200", "--warmup-online-steps", "50", "--warmup-upda
 
 
 def check_sums(tree: br.SumTree):
-    internal = torch.arange(1, tree.size)
-    torch.testing.assert_close(tree.nodes[internal], tree.nodes[2 * internal] + tree.nodes[2 * internal + 1])
+    """Every node is the sum of its children; the top level is a single group of `fanout` nodes."""
+    assert tree.levels[-1].numel() == tree.fanout
+    for below, level in zip(tree.levels, tree.levels[1:]):
+        assert below.numel() % tree.fanout == 0 and below.numel() // tree.fanout <= level.numel()
+        torch.testing.assert_close(level[: below.numel() // tree.fanout], below.view(-1, tree.fanout).sum(1))
+        assert torch.all(level[below.numel() // tree.fanout:] == 0)  # padding nodes hold no mass
 
 
-def test_sum_tree_frequencies_match_priorities():
+@pytest.mark.parametrize("fanout", [2, 3, 64])
+def test_sum_tree_frequencies_match_priorities(fanout):
     torch.manual_seed(0)
     p = torch.tensor([1.0, 2.0, 3.0, 0.0, 4.0, 0.5, 10.0, 1.0, 0.0, 2.5, 7.0, 0.25, 3.0])
-    tree = br.SumTree(len(p), "cpu")
+    tree = br.SumTree(len(p), "cpu", fanout=fanout)
     tree.update(torch.arange(len(p)), p)
     n_batches, batch = 400, 256
     counts = torch.zeros(len(p))
     for _ in range(n_batches):
         idx = tree.sample(batch)
-        counts += torch.bincount(idx, minlength=tree.size)[: len(p)].float()
+        counts += torch.bincount(idx, minlength=tree.levels[0].numel())[: len(p)].float()
     n = n_batches * batch
     assert counts.sum() == n  # every sample is a real leaf
     expected = p / p.sum() * n
@@ -38,9 +43,24 @@ def test_sum_tree_frequencies_match_priorities():
     assert counts[3] == 0 and counts[8] == 0  # zero priority: never sampled
 
 
+def test_sum_tree_samples_are_the_inverse_cdf():
+    """The tree returns exactly the leaves an inverse-CDF lookup (searchsorted over the cumulative priorities)
+    returns for the same stratified points u: the wide tree is only a faster way to find them."""
+    for capacity, fanout in ((100_000, 64), (5000, 4)):
+        torch.manual_seed(2)
+        p = torch.rand(capacity) * (torch.rand(capacity) > 0.2)  # with zero-priority leaves
+        tree = br.SumTree(capacity, "cpu", fanout=fanout)
+        tree.update(torch.arange(capacity), p)
+        torch.manual_seed(3)
+        idx = tree.sample(256)
+        torch.manual_seed(3)
+        u = (torch.arange(256) + torch.rand(256, dtype=torch.float64)) * (p.double().sum() / 256)
+        assert torch.equal(idx, torch.searchsorted(p.double().cumsum(0), u, right=True))
+
+
 def test_sum_tree_totals_stay_consistent():
     torch.manual_seed(1)
-    tree = br.SumTree(1000, "cpu")
+    tree = br.SumTree(1000, "cpu", fanout=4)
     tree.update(torch.arange(1000), torch.rand(1000))
     for _ in range(50):
         idx = torch.randint(1000, (64,))  # with duplicates, as a sampled batch has
@@ -48,14 +68,15 @@ def test_sum_tree_totals_stay_consistent():
         vals = vals[torch.unique(idx, return_inverse=True)[1]]  # equal values for equal indices
         tree.update(idx, vals)
     check_sums(tree)
-    assert float(tree.total()) == pytest.approx(float(tree.nodes[tree.size:tree.size + 1000].sum()), rel=1e-12)
+    assert float(tree.total()) == pytest.approx(float(tree.levels[0].sum()), rel=1e-12)
 
 
-@pytest.mark.parametrize("capacity, hot", [(5, 0), (5, 4), (1000, 999), (1000, 0), (2, 1)])
-def test_sum_tree_edges(capacity, hot):
+@pytest.mark.parametrize("capacity, hot, fanout", [(5, 0, 64), (5, 4, 64), (1000, 999, 64), (1000, 0, 64), (2, 1, 64),
+                                                   (1000, 999, 2), (1000, 0, 3), (4097, 4096, 64)])
+def test_sum_tree_edges(capacity, hot, fanout):
     """All the mass on the first or the last leaf (with empty padding leaves after it): every sample is it."""
     torch.manual_seed(0)
-    tree = br.SumTree(capacity, "cpu")
+    tree = br.SumTree(capacity, "cpu", fanout=fanout)
     p = torch.zeros(capacity)
     p[hot] = 3.0
     tree.update(torch.arange(capacity), p)
@@ -78,7 +99,7 @@ def test_initial_priority_mass_fraction():
         tree.update(torch.arange(m), torch.ones(m))
         max0 = br.initial_max_priority(m, f, 1000)
         tree.update(torch.arange(m, m + 1000), torch.full((1000,), max0))
-        online_mass = float(tree.nodes[tree.size + m: tree.size + m + 1000].sum())
+        online_mass = float(tree.levels[0][m: m + 1000].sum())
         assert online_mass / float(tree.total()) == pytest.approx(f, rel=1e-9)
 
 
@@ -115,10 +136,30 @@ def test_priorities_use_the_estimator_before_its_update():
     with torch.no_grad():
         expected = (before(*rl) ** 0.2 / ((before(*off) ** 0.2).mean() + 1e-10)).clamp(1e-3, 1e3)
     torch.testing.assert_close(priority, expected)
-    torch.testing.assert_close(tree.nodes[tree.size + idx].float(), expected)
+    torch.testing.assert_close(tree.levels[0][idx].float(), expected)
     check_sums(tree)
     assert not torch.equal(net.net[0].weight, before.net[0].weight)  # and then the estimator did update
     assert set(stats) == {"ratio_loss", "w_offline", "w_online"}
+
+
+def test_estimator_step_matches_separate_forwards():
+    """The estimator runs one forward over the offline and online batches together (speed); the textbook form runs
+    two. Same loss and gradients up to floating-point order: 1e-6 relative over 20 steps."""
+    torch.manual_seed(0)
+    net = br.DensityRatio(11, 3)
+    ref = copy.deepcopy(net)
+    opt, ref_opt = torch.optim.Adam(net.parameters(), lr=3e-4), torch.optim.Adam(ref.parameters(), lr=3e-4)
+    tree, args = br.SumTree(1000, "cpu"), br.Args()
+    for _ in range(20):
+        rl, off, on = (torch.randn(256, 11), torch.rand(256, 3)), (torch.randn(256, 11), torch.rand(256, 3)), \
+            (torch.randn(256, 11) + 0.5, torch.rand(256, 3))
+        priority, stats = br.update_ratio_and_priorities(net, opt, tree, torch.arange(256), rl, off, on, args)
+        loss = br.density_ratio_loss(ref(*off), ref(*on))
+        ref_opt.zero_grad()
+        loss.backward()
+        ref_opt.step()
+        assert float(stats["ratio_loss"]) == pytest.approx(loss.item(), rel=1e-6)
+    torch.testing.assert_close(net.net[0].weight, ref.net[0].weight, rtol=1e-5, atol=1e-7)
 
 
 @pytest.fixture(scope="module")
