@@ -1,22 +1,31 @@
-"""Update speed of our TD3+BC against a *textbook* TD3+BC, in one process, same shapes and thread count.
+"""Speed of our scripts against *textbook* implementations, in one process, same shapes and thread count.
 
 The textbook yardstick is written the way reference implementations (the TD3+BC authors' code, CORL) do it:
 two separate critic modules with two separate `torch.optim.Adam` optimizers (PyTorch's default implementation),
 a Python loop over parameters for the soft update, a loss `.item()` every step, and batches sampled with NumPy
-indices and copied into fresh tensors. Ours is `algorithms/td3_bc.py`'s `update` with its sampling (one gather
-from a device table). Both are timed in alternating rounds after a warm-up; we report the median round.
+indices and copied into fresh tensors. Its TD3 update is the same with the BC term dropped.
 
-    python scripts/bench_speed.py --threads 2          # prints a Markdown table; --json-out saves the numbers
+Ours are the `update` functions of the scripts, and online steps that mirror each script's loop body line for
+line (act, env step, store, sample, update; balanced replay adds its tree and density-ratio estimator). Every
+rate is the median of alternating timing rounds after a warm-up. Also measured: loading a 1M-transition Minari
+dataset (built here, synthetic, Hopper shapes) into the replay table, evaluating 10 episodes one at a time
+versus batched, and peak memory with 1M offline + 250k online transitions (each in a fresh subprocess).
+
+    python scripts/bench_speed.py --threads 2 --json-out benchmarks/speed/cpu_2threads.json
 """
 from __future__ import annotations
 
 import copy
 import json
 import os
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
@@ -24,7 +33,12 @@ import torch.nn.functional as F
 import tyro
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "algorithms"))
+import balanced_replay  # noqa: E402
+import conservative_ft  # noqa: E402
+import naive_ft  # noqa: E402
 import td3_bc  # noqa: E402
+
+SYNTHETIC_ID = "bench/hopper/synthetic-v0"
 
 
 @dataclass
@@ -33,20 +47,29 @@ class Args:
     """torch intra-op threads for every measurement"""
     batch_size: int = 256
     """transitions per update"""
-    obs_dim: int = 11
-    """observation size (Hopper: 11)"""
-    act_dim: int = 3
-    """action size (Hopper: 3)"""
     dataset_size: int = 1_000_000
-    """rows of the synthetic offline table both implementations sample from"""
-    rounds: int = 5
+    """offline rows every implementation samples from (and transitions of the synthetic Minari dataset)"""
+    online_size: int = 250_000
+    """online rows in the replay for the memory probe"""
+    rounds: int = 7
     """alternating timing rounds per implementation; the median is reported"""
-    round_updates: int = 200
-    """updates per timing round"""
+    round_updates: int = 100
+    """updates (or online steps) per timing round"""
     warmup: int = 50
     """untimed updates before timing"""
+    eval_episodes: int = 10
+    """episodes of the evaluation timing"""
+    eval_checkpoint: str | None = None
+    """actor of the evaluation timing: a checkpoint.pt of our scripts (a competent policy runs long episodes);
+    default an untrained actor with small actions, whose episodes are short"""
+    skip_io: bool = False
+    """skip the dataset-load, evaluation and memory measurements (update and step rates only)"""
     json_out: str | None = None
     """also write the results to this JSON file"""
+    memory_probe: str | None = None
+    """internal: run one peak-memory probe (`table` or `balanced`) on --probe-dataset and print its ru_maxrss"""
+    probe_dataset: str = SYNTHETIC_ID
+    """internal: dataset id of the memory probe"""
 
 
 # ------------------------------------------------------------------ the textbook yardstick
@@ -117,35 +140,117 @@ class TextbookTD3BC:
         return out
 
 
-def textbook_sampler(arrays, batch_size):
-    """The reference replay buffer: NumPy indices, then fresh float tensors per batch."""
-    s, a, r, s2, not_done = arrays
-    def sample():
-        ind = np.random.randint(0, len(s), size=batch_size)
-        return tuple(torch.FloatTensor(x[ind]) for x in (s, a, r, s2, not_done))
-    return sample
+class TextbookReplay:
+    """The reference replay buffer: NumPy arrays, a write pointer, NumPy indices, fresh float tensors per batch."""
+
+    def __init__(self, arrays, capacity):
+        n = len(arrays[0])
+        self.s, self.a, self.r, self.s2, self.not_done = (np.zeros((n + capacity, x.shape[1]), np.float32)
+                                                          for x in arrays)
+        for buf, x in zip((self.s, self.a, self.r, self.s2, self.not_done), arrays):
+            buf[:n] = x
+        self.size = n
+
+    def add(self, s, a, s2, r, done):
+        self.s[self.size], self.a[self.size], self.s2[self.size] = s, a, s2
+        self.r[self.size], self.not_done[self.size] = r, 1.0 - done
+        self.size += 1
+
+    def sample(self, batch_size):
+        ind = np.random.randint(0, self.size, size=batch_size)
+        return tuple(torch.FloatTensor(x[ind]) for x in (self.s, self.a, self.r, self.s2, self.not_done))
 
 
-# ------------------------------------------------------------------ ours, as td3_bc.py runs it
-def ours(obs_dim, act_dim, table, batch_size, targs):
-    actor = td3_bc.Actor(obs_dim, act_dim, torch.ones(act_dim))
-    critic = td3_bc.Critic(obs_dim, act_dim)
-    actor_target = copy.deepcopy(actor).requires_grad_(False)
-    critic_target = copy.deepcopy(critic).requires_grad_(False)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=targs.lr, fused=True)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=targs.lr, fused=True)
-    split = [obs_dim, act_dim, 1, obs_dim, 1]
-    step = [0]
-    def one_update():
-        step[0] += 1
-        idx = torch.randint(table.shape[0], (batch_size,))
-        batch = table[idx].split(split, 1)
-        return td3_bc.update(step[0], batch, actor, actor_target, critic, critic_target, actor_opt, critic_opt, targs)
-    return one_update
+def textbook_online_step(book, replay, env, obs_mean, obs_std, batch_size):
+    """The textbook TD3 online step: select_action on one state, Gaussian noise in NumPy, env step, add, train."""
+    state = [(env.reset(seed=0)[0] - obs_mean) / obs_std]
+
+    def step():
+        s = state[0]
+        a = book.actor(torch.FloatTensor(s.reshape(1, -1))).cpu().data.numpy().flatten()
+        a = (a + np.random.normal(0, 0.1, size=a.shape)).clip(-1, 1)
+        next_obs, r, terminated, truncated, _ = env.step(a)
+        s2 = (next_obs - obs_mean) / obs_std
+        replay.add(s, a, s2, r, float(terminated))
+        state[0] = (env.reset()[0] - obs_mean) / obs_std if terminated or truncated else s2
+        book.train(*replay.sample(batch_size))
+    return step
+
+
+# ------------------------------------------------------------------ ours, as the scripts run them
+def networks(module, obs_dim, act_dim, max_action):
+    actor, critic = module.Actor(obs_dim, act_dim, max_action), module.Critic(obs_dim, act_dim)
+    actor_target, critic_target = copy.deepcopy(actor).requires_grad_(False), copy.deepcopy(critic).requires_grad_(False)
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=3e-4, fused=True)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=3e-4, fused=True)
+    return actor, actor_target, critic, critic_target, actor_opt, critic_opt
+
+
+def ours_offline_update(table, split, batch_size):
+    """td3_bc.py's offline loop body: one gather from the replay table, one update."""
+    obs_dim, act_dim = split[0], split[1]
+    nets = networks(td3_bc, obs_dim, act_dim, torch.ones(act_dim))
+    args, n_off, count = td3_bc.Args(), table.shape[0], [0]
+
+    def step():
+        count[0] += 1
+        idx = td3_bc.replay_indices(n_off, 0, batch_size, args.offline_ratio, table.device)
+        td3_bc.update(count[0], table[idx].split(split, dim=1), *nets, args)
+    return step
+
+
+def ours_online_step(module, table, n_off, split, env, obs_mean, obs_std, batch_size):
+    """One online step of naive_ft.py / conservative_ft.py / balanced_replay.py, mirroring its loop body."""
+    obs_dim, act_dim = split[0], split[1]
+    device, max_action = table.device, torch.ones(act_dim)
+    to_dev = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device)  # noqa: E731
+    actor, actor_target, critic, critic_target, actor_opt, critic_opt = networks(module, obs_dim, act_dim, max_action)
+    pretrained_actor = copy.deepcopy(actor).requires_grad_(False)
+    args = module.Args()
+    balanced = module is balanced_replay
+    if balanced:
+        tree = balanced_replay.SumTree(table.shape[0], device)
+        tree.update(torch.arange(n_off, device=device), torch.ones(n_off, device=device))
+        max_priority = [torch.tensor(balanced_replay.initial_max_priority(n_off, 0.5, 1000), dtype=torch.float64)]
+        weight_net = balanced_replay.DensityRatio(obs_dim, act_dim)
+        weight_opt = torch.optim.Adam(weight_net.parameters(), lr=args.ratio_lr, fused=True)
+    st = {"n_on": 1000, "step": 0, "obs_t": to_dev((env.reset(seed=0)[0] - obs_mean) / obs_std)}
+    table[n_off:n_off + 1000] = table[:1000]  # some online rows already, as after the first episodes
+
+    def step():
+        st["step"] += 1
+        with torch.no_grad():
+            a = actor(st["obs_t"])
+            a = (a + torch.randn_like(a) * args.expl_noise * max_action).clamp(-max_action, max_action)
+        next_obs, reward, terminated, truncated, _ = env.step(a.cpu().numpy())
+        next_t = to_dev((next_obs - obs_mean) / obs_std)
+        row = n_off + st["n_on"]
+        table[row] = torch.cat([st["obs_t"], a, to_dev([reward]), next_t, to_dev([float(terminated)])])
+        st["n_on"] += 1
+        st["obs_t"] = to_dev((env.reset()[0] - obs_mean) / obs_std) if terminated or truncated else next_t
+        if balanced:
+            tree.update(torch.tensor([row], device=device), max_priority[0][None])
+            idx = tree.sample(batch_size)
+            batch = table[idx].split(split, dim=1)
+            info = balanced_replay.update(st["step"], batch, actor, actor_target, critic, critic_target, actor_opt,
+                                          critic_opt, args, offline=False)
+            off = table[torch.randint(n_off, (args.ratio_batch_size,), device=device)].split(split, dim=1)
+            on = table[n_off + torch.randint(st["n_on"], (args.ratio_batch_size,), device=device)].split(split, dim=1)
+            priority, stats = balanced_replay.update_ratio_and_priorities(weight_net, weight_opt, tree, idx, batch,
+                                                                          off, on, args)
+            max_priority[0] = torch.maximum(max_priority[0], priority.max().to(torch.float64))
+            info.update(stats, online_share=(idx >= n_off).float().mean())
+            return
+        idx = module.replay_indices(n_off, st["n_on"], batch_size, args.offline_ratio, device)
+        extra = {"beta": conservative_ft.beta_schedule(st["step"], args), "pretrained_actor": pretrained_actor} \
+            if module is conservative_ft else {}
+        module.update(st["step"], table[idx].split(split, dim=1), actor, actor_target, critic, critic_target,
+                      actor_opt, critic_opt, args, offline=False, **extra)
+    return step
 
 
 def time_rounds(fns: dict, rounds: int, n: int, warmup: int) -> dict:
-    """Median updates/s of each fn over `rounds` alternating rounds of `n` calls."""
+    """Median calls/s of each fn over `rounds` alternating rounds of `n` calls."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -159,28 +264,161 @@ def time_rounds(fns: dict, rounds: int, n: int, warmup: int) -> dict:
     return {k: float(np.median(v)) for k, v in rates.items()}
 
 
+# ------------------------------------------------------------------ dataset load, evaluation, memory
+def build_synthetic_dataset(n_transitions: int) -> None:
+    """A Minari dataset of n_transitions / 1000 episodes of 1000 Hopper-shaped steps (random numbers)."""
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    rng, T = np.random.default_rng(0), 1000
+    buffers = [EpisodeBuffer(id=i, seed=i, observations=rng.standard_normal((T + 1, 11)),
+                             actions=rng.uniform(-1, 1, (T, 3)).astype(np.float32), rewards=list(rng.standard_normal(T)),
+                             terminations=[False] * T, truncations=[False] * (T - 1) + [True])
+               for i in range(n_transitions // T)]
+    minari.create_dataset_from_buffers(SYNTHETIC_ID, buffers, env="Hopper-v5", eval_env="Hopper-v5",
+                                       algorithm_name="synthetic", author="bench", author_email="none",
+                                       description="speed benchmark data", code_permalink="none")
+
+
+def load_into_table(dataset_id: str, online_rows: int):
+    """What every script does before training: load_dataset, then the normalized replay table."""
+    data = td3_bc.load_dataset(dataset_id)
+    obs_mean, obs_std = data.obs_mean_std()
+    to_dev = lambda x: torch.as_tensor(x, dtype=torch.float32)  # noqa: E731
+    table = torch.empty(data.obs.shape[0] + online_rows, 2 * data.obs.shape[1] + data.actions.shape[1] + 2)
+    table[:data.obs.shape[0]] = torch.cat([to_dev((data.obs - obs_mean) / obs_std), to_dev(data.actions),
+                                           to_dev(data.rewards[:, None]), to_dev((data.next_obs - obs_mean) / obs_std),
+                                           to_dev(data.terminated[:, None])], 1)
+    return data, table
+
+
+def memory_probe(kind: str, dataset_id: str, online_rows: int, batch_size: int) -> None:
+    """Peak resident memory of a script's state: the table with every online row written, networks, optimizers,
+    100 updates, plus (balanced) the sum tree and density-ratio network with its updates."""
+    data, table = load_into_table(dataset_id, online_rows)
+    n_off, split = data.obs.shape[0], [11, 3, 1, 11, 1]
+    del data
+    table[n_off:] = table[:online_rows]  # every online row written (untouched memory is not resident)
+    module = balanced_replay if kind == "balanced" else naive_ft
+    env = gym.make("Hopper-v5")
+    step = ours_online_step(module, table[:n_off + online_rows - 200], n_off, split, env, np.zeros(11), np.ones(11),
+                            batch_size)
+    for _ in range(100):
+        step()
+    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def eval_rates(n_episodes: int, checkpoint: str | None) -> dict:
+    """n episodes of one actor on Hopper-v5: one at a time (the loop reference scripts have) vs batched (ours)."""
+    torch.manual_seed(0)
+    actor, mean, std = td3_bc.Actor(11, 3, torch.ones(3)), np.zeros(11), np.ones(11)
+    if checkpoint:
+        ckpt = td3_bc.load_checkpoint(checkpoint, None)
+        actor.load_state_dict(ckpt["actor"])
+        mean, std = ckpt["obs_mean"], ckpt["obs_std"]
+    envs, env = [gym.make("Hopper-v5") for _ in range(n_episodes)], gym.make("Hopper-v5")
+    t = time.perf_counter()
+    batched = td3_bc.evaluate(actor, envs, mean, std, seed=0, device="cpu")
+    t_batched = time.perf_counter() - t
+    t, steps, sequential = time.perf_counter(), 0, []
+    for i in range(n_episodes):
+        obs, _ = env.reset(seed=int(np.random.SeedSequence([0, i]).generate_state(1)[0]))
+        done, ret = False, 0.0
+        while not done:
+            with torch.no_grad():
+                a = actor(torch.as_tensor((obs - mean) / std, dtype=torch.float32)).numpy()
+            obs, r, terminated, truncated, _ = env.step(a)
+            done, steps, ret = terminated or truncated, steps + 1, ret + float(r)
+        sequential.append(ret)
+    t_seq = time.perf_counter() - t
+    return {"episodes": n_episodes, "env_steps": steps, "actor": checkpoint or "untrained", "one_at_a_time_s": t_seq,
+            "batched_s": t_batched, "mean_return_one_at_a_time": float(np.mean(sequential)),
+            "mean_return_batched": float(batched.mean())}
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
     torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        memory_probe(args.memory_probe, args.probe_dataset, args.online_size, args.batch_size)
+        sys.exit(0)
     torch.manual_seed(0)
     np.random.seed(0)
-    o, a, n = args.obs_dim, args.act_dim, args.dataset_size
+    o, a, n, B = 11, 3, args.dataset_size, args.batch_size
+    split = [o, a, 1, o, 1]
     rng = np.random.default_rng(0)
     arrays = (rng.standard_normal((n, o), dtype=np.float32), rng.uniform(-1, 1, (n, a)).astype(np.float32),
               rng.standard_normal((n, 1), dtype=np.float32), rng.standard_normal((n, o), dtype=np.float32),
               np.ones((n, 1), np.float32))
     table = torch.cat([torch.from_numpy(x) for x in arrays[:4]] + [1 - torch.from_numpy(arrays[4])], 1)
-    textbook = TextbookTD3BC(o, a)
-    sample = textbook_sampler(arrays, args.batch_size)
-    fns = {"textbook TD3+BC update": lambda: textbook.train(*sample()),
-           "ours: td3_bc.py update": ours(o, a, table, args.batch_size, td3_bc.Args())}
-    rates = time_rounds(fns, args.rounds, args.round_updates, args.warmup)
-    base = rates["textbook TD3+BC update"]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
-          f"obs {o}, act {a}, {args.rounds} rounds x {args.round_updates} updates (median)\n")
-    print("| implementation | updates/s | vs textbook |\n|---|---|---|")
-    for k, v in rates.items():
-        print(f"| {k} | {v:.0f} | {v / base:.2f}x |")
+    zeros, ones = np.zeros(o), np.ones(o)
+    results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "args": vars(args)}
+
+    # 1-2: updates on offline data
+    book_bc, book_td3 = TextbookTD3BC(o, a), TextbookTD3BC(o, a, bc=False)
+    replay_bc, replay_td3 = TextbookReplay(arrays, 0), TextbookReplay(arrays, 0)
+    updates = time_rounds({"textbook TD3+BC update": lambda: book_bc.train(*replay_bc.sample(B)),
+                           "textbook TD3 update": lambda: book_td3.train(*replay_td3.sample(B)),
+                           "ours: td3_bc.py update": ours_offline_update(table, split, B)},
+                          args.rounds, args.round_updates, args.warmup)
+    # 3-5: online steps (act, env step, store, sample, update), each with its own Hopper-v5
+    n_steps = args.warmup + args.rounds * args.round_updates + 10
+    online_table = lambda: torch.cat([table, torch.empty(1000 + n_steps, table.shape[1])])  # noqa: E731
+    steps = time_rounds({
+        "textbook TD3 step (+ env step)": textbook_online_step(TextbookTD3BC(o, a, bc=False),
+                                                               TextbookReplay(arrays, 1000 + n_steps),
+                                                               gym.make("Hopper-v5"), zeros, ones, B),
+        "ours: naive_ft.py step": ours_online_step(naive_ft, online_table(), n, split, gym.make("Hopper-v5"),
+                                                   zeros, ones, B),
+        "ours: conservative_ft.py step": ours_online_step(conservative_ft, online_table(), n, split,
+                                                          gym.make("Hopper-v5"), zeros, ones, B),
+        "ours: balanced_replay.py step": ours_online_step(balanced_replay, online_table(), n, split,
+                                                          gym.make("Hopper-v5"), zeros, ones, B)},
+        args.rounds, args.round_updates, args.warmup)
+    results.update(updates_per_s=updates, steps_per_s=steps)
+
+    if not args.skip_io:
+        with tempfile.TemporaryDirectory() as root:
+            os.environ["MINARI_DATASETS_PATH"] = root
+            t = time.perf_counter()
+            build_synthetic_dataset(n)
+            t_build = time.perf_counter() - t
+            t = time.perf_counter()
+            data, _ = load_into_table(SYNTHETIC_ID, 0)
+            results["dataset"] = {"transitions": int(data.obs.shape[0]), "build_s": t_build,
+                                  "load_into_table_s": time.perf_counter() - t}
+            del data
+            memory = {}
+            for kind in ("table", "balanced"):
+                out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--memory-probe", kind,
+                                      "--online-size", str(args.online_size)], capture_output=True, text=True,
+                                     check=True, env=dict(os.environ))
+                memory[kind] = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+            results["peak_rss_mib"] = {"naive/conservative/td3_bc (table + networks)": memory["table"],
+                                       "balanced_replay (+ sum tree, estimator)": memory["balanced"]}
+        results["evaluation"] = eval_rates(args.eval_episodes, args.eval_checkpoint)
+
+    # ------------------------------------------------------------------ report
+    base, td3 = updates["textbook TD3+BC update"], steps["textbook TD3 step (+ env step)"]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {B}, Hopper shapes (obs {o}, act {a}), "
+          f"{args.rounds} rounds x {args.round_updates} (median)\n")
+    print("| measurement | per second | vs yardstick |\n|---|---|---|")
+    for k, v in updates.items():
+        print(f"| {k} | {v:.0f} | {v / base:.2f}x textbook TD3+BC |")
+    for k, v in steps.items():
+        print(f"| {k} | {v:.0f} | {v / td3:.2f}x textbook TD3 step |")
+    overhead = steps["ours: naive_ft.py step"] / steps["ours: balanced_replay.py step"] - 1
+    print(f"\nbalanced replay's extra machinery: +{100 * overhead:.0f}% time per step over naive_ft.py")
+    results["balanced_overhead"] = overhead
+    if "dataset" in results:
+        d, e = results["dataset"], results["evaluation"]
+        print(f"dataset: {d['transitions']:,} transitions loaded into the replay table in {d['load_into_table_s']:.1f} s "
+              f"(built in {d['build_s']:.1f} s)")
+        print(f"evaluation of {e['episodes']} episodes ({e['env_steps']} env steps): one at a time "
+              f"{e['one_at_a_time_s']:.2f} s, batched {e['batched_s']:.2f} s; mean return {e['mean_return_one_at_a_time']:.2f} "
+              f"vs {e['mean_return_batched']:.2f}")
+        for k, v in results["peak_rss_mib"].items():
+            print(f"peak memory, {args.dataset_size:,} offline + {args.online_size:,} online rows, {k}: {v:.0f} MiB")
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump({"args": vars(args), "torch": torch.__version__, "updates_per_s": rates}, f, indent=2)
+            json.dump(results, f, indent=2)
