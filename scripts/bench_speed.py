@@ -51,7 +51,7 @@ class Args:
     """offline rows every implementation samples from (and transitions of the synthetic Minari dataset)"""
     online_size: int = 250_000
     """online rows in the replay for the memory probe"""
-    rounds: int = 7
+    rounds: int = 11
     """alternating timing rounds per implementation; the median is reported"""
     round_updates: int = 100
     """updates (or online steps) per timing round"""
@@ -249,6 +249,30 @@ def ours_online_step(module, table, n_off, split, env, obs_mean, obs_std, batch_
     return step
 
 
+def gemm_floor(obs_dim: int, act_dim: int, batch: int, hidden: int = 256):
+    """Only the matrix products of one TD3+BC update, same shapes, back to back (the actor step's products count
+    once every policy_freq = 2 updates): no update can take less time on this CPU with these kernels."""
+    B, H, n = batch, hidden, 2
+    r = lambda *shape: torch.randn(*shape)  # noqa: E731
+    critic_fwd = [(r(n, B, obs_dim + act_dim), r(n, obs_dim + act_dim, H)), (r(n, B, H), r(n, H, H)), (r(n, B, H), r(n, H, 1))]
+    critic_bwd = [(r(n, H, B), r(n, B, 1)), (r(n, B, 1), r(n, 1, H)), (r(n, H, B), r(n, B, H)), (r(n, B, H), r(n, H, H)),
+                  (r(n, obs_dim + act_dim, B), r(n, B, H))]  # weight and input gradients (no input grad at layer 1)
+    actor_fwd = [(r(1, B, obs_dim), r(1, obs_dim, H)), (r(1, B, H), r(1, H, H)), (r(1, B, H), r(1, H, act_dim))]
+    actor_bwd = [(r(1, H, B), r(1, B, act_dim)), (r(1, B, act_dim), r(1, act_dim, H)), (r(1, H, B), r(1, B, H)),
+                 (r(1, B, H), r(1, H, H)), (r(1, obs_dim, B), r(1, B, H))]
+    q1_fwd = [(x[:1], w[:1]) for x, w in critic_fwd]
+    q1_bwd = [(r(1, B, 1), r(1, 1, H)), (r(1, B, H), r(1, H, H)), (r(1, B, H), r(1, H, obs_dim + act_dim))]  # inputs only
+    every = actor_fwd + critic_fwd + critic_fwd + critic_bwd  # target actor + target critics, critics fwd + bwd
+    every_other = actor_fwd + q1_fwd + q1_bwd + actor_bwd  # the delayed actor step
+    count = [0]
+
+    def step():
+        count[0] += 1
+        for x, w in every + (every_other if count[0] % 2 == 0 else []):
+            torch.bmm(x, w)
+    return step
+
+
 def time_rounds(fns: dict, rounds: int, n: int, warmup: int) -> dict:
     """Median calls/s of each fn over `rounds` alternating rounds of `n` calls."""
     for fn in fns.values():
@@ -298,6 +322,7 @@ def memory_probe(kind: str, dataset_id: str, online_rows: int, batch_size: int) 
     data, table = load_into_table(dataset_id, online_rows)
     n_off, split = data.obs.shape[0], [11, 3, 1, 11, 1]
     del data
+    peak_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     table[n_off:] = table[:online_rows]  # every online row written (untouched memory is not resident)
     module = balanced_replay if kind == "balanced" else naive_ft
     env = gym.make("Hopper-v5")
@@ -305,7 +330,10 @@ def memory_probe(kind: str, dataset_id: str, online_rows: int, batch_size: int) 
                             batch_size)
     for _ in range(100):
         step()
-    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    with open("/proc/self/status") as f:  # resident memory now, in training (Linux)
+        rss_now = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "peak_rss_during_load_mib": peak_load, "rss_training_mib": rss_now}))
 
 
 def eval_rates(n_episodes: int, checkpoint: str | None) -> dict:
@@ -359,7 +387,8 @@ if __name__ == "__main__":
     replay_bc, replay_td3 = TextbookReplay(arrays, 0), TextbookReplay(arrays, 0)
     updates = time_rounds({"textbook TD3+BC update": lambda: book_bc.train(*replay_bc.sample(B)),
                            "textbook TD3 update": lambda: book_td3.train(*replay_td3.sample(B)),
-                           "ours: td3_bc.py update": ours_offline_update(table, split, B)},
+                           "ours: td3_bc.py update": ours_offline_update(table, split, B),
+                           "matrix products alone (floor)": gemm_floor(o, a, B)},
                           args.rounds, args.round_updates, args.warmup)
     # 3-5: online steps (act, env step, store, sample, update), each with its own Hopper-v5
     n_steps = args.warmup + args.rounds * args.round_updates + 10
@@ -393,9 +422,9 @@ if __name__ == "__main__":
                 out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--memory-probe", kind,
                                       "--online-size", str(args.online_size)], capture_output=True, text=True,
                                      check=True, env=dict(os.environ))
-                memory[kind] = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mib"]
-            results["peak_rss_mib"] = {"naive/conservative/td3_bc (table + networks)": memory["table"],
-                                       "balanced_replay (+ sum tree, estimator)": memory["balanced"]}
+                memory[kind] = json.loads(out.stdout.strip().splitlines()[-1])
+            results["memory_mib"] = {"td3_bc/naive_ft/conservative_ft": memory["table"],
+                                     "balanced_replay (+ sum tree, estimator)": memory["balanced"]}
         results["evaluation"] = eval_rates(args.eval_episodes, args.eval_checkpoint)
 
     # ------------------------------------------------------------------ report
@@ -417,8 +446,10 @@ if __name__ == "__main__":
         print(f"evaluation of {e['episodes']} episodes ({e['env_steps']} env steps): one at a time "
               f"{e['one_at_a_time_s']:.2f} s, batched {e['batched_s']:.2f} s; mean return {e['mean_return_one_at_a_time']:.2f} "
               f"vs {e['mean_return_batched']:.2f}")
-        for k, v in results["peak_rss_mib"].items():
-            print(f"peak memory, {args.dataset_size:,} offline + {args.online_size:,} online rows, {k}: {v:.0f} MiB")
+        for k, v in results["memory_mib"].items():
+            print(f"memory, {args.dataset_size:,} offline + {args.online_size:,} online rows, {k}: peak {v['peak_rss_mib']:.0f} "
+                  f"MiB (reached while loading: {v['peak_rss_during_load_mib']:.0f} MiB), resident in training "
+                  f"{v['rss_training_mib']:.0f} MiB")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(results, f, indent=2)
