@@ -95,17 +95,20 @@ def diagnostics_block(dataset_dir: Path, steps=(2500, 10000, 50000)) -> str:
 
 
 def online_share_block(dataset_dir: Path) -> str:
-    """Balanced replay: share of online transitions in the RL batches over time (mean over seeds)."""
+    """Balanced replay over time (mean over seeds): share of online transitions in the RL batches, and the
+    density-ratio estimate w on the estimator's online and offline batches."""
     runs = sorted(dataset_dir.glob("balanced_replay_s*"))
     if not runs:
         return "(no balanced replay runs yet)"
-    curves = [{int(r["step"]): float(r["online_share"]) for r in read_csv(p / "metrics.csv")
-               if r["phase"] == "online" and r.get("online_share")} for p in runs]
-    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    rows = {"online share": "online_share", "w on online batches": "w_online", "w on offline batches": "w_offline"}
+    curves = {col: [{int(r["step"]): float(r[col]) for r in read_csv(p / "metrics.csv")
+                     if r["phase"] == "online" and r.get(col)} for p in runs] for col in rows.values()}
+    steps = sorted(set.intersection(*(set(c) for c in curves["online_share"])))
     steps = [s for s in steps if s % 5000 == 0 or s == steps[0]]
-    head = "| online step | " + " | ".join(f"{s:,}" for s in steps) + " |"
-    vals = "| online share | " + " | ".join(f"{statistics.mean(c[s] for c in curves):.2f}" for s in steps) + " |"
-    return "\n".join([head, "|---" * (len(steps) + 1) + "|", vals])
+    lines = ["| online step | " + " | ".join(f"{s:,}" for s in steps) + " |", "|---" * (len(steps) + 1) + "|"]
+    for label, col in rows.items():
+        lines.append(f"| {label} | " + " | ".join(f"{statistics.mean(c[s] for c in curves[col]):.3g}" for s in steps) + " |")
+    return "\n".join(lines)
 
 
 def finetune_plot(dataset_dir: Path, png: Path) -> None:

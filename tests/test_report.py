@@ -56,3 +56,19 @@ def test_checkpoint_hash(tmp_path):
     torch.save(nets, tmp_path / "c.pt")
     h = [report.checkpoint_hash(tmp_path / f"{n}.pt") for n in "abc"]
     assert h[0] == h[1] != h[2] and len(h[0]) == 64
+
+
+def test_online_share_block(tmp_path):
+    """Mean over seeds of online_share, w_online and w_offline at the first logged step and every 5,000."""
+    cols = "phase,step,online_share,w_online,w_offline\n"
+    for seed, (a, b) in enumerate(((0.2, 0.6), (0.4, 0.8))):
+        d = tmp_path / f"balanced_replay_s{seed}"
+        d.mkdir()
+        (d / "metrics.csv").write_text(cols + f"online,0,,,\nonline,1000,{a},2,1\nonline,2000,0.5,3,1\n"
+                                              f"online,5000,{b},{4 + seed},0.5\n")
+    lines = report.online_share_block(tmp_path).splitlines()
+    assert lines[0] == "| online step | 1,000 | 5,000 |"
+    assert lines[2] == "| online share | 0.3 | 0.7 |"
+    assert lines[3] == "| w on online batches | 2 | 4.5 |"
+    assert lines[4] == "| w on offline batches | 1 | 0.5 |"
+    assert report.online_share_block(tmp_path / "nothing") == "(no balanced replay runs yet)"
