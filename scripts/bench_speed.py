@@ -11,7 +11,7 @@ rate is the median of alternating timing rounds after a warm-up. Also measured: 
 dataset (built here, synthetic, Hopper shapes) into the replay table, evaluating 10 episodes one at a time
 versus batched, and peak memory with 1M offline + 250k online transitions (each in a fresh subprocess).
 
-    python scripts/bench_speed.py --threads 2 --json-out benchmarks/speed/cpu_2threads.json
+    python scripts/bench_speed.py --threads 2 --eval-checkpoint CHECKPOINT --json-out benchmarks/speed/cpu_2threads.json
 """
 from __future__ import annotations
 
@@ -51,9 +51,9 @@ class Args:
     """offline rows every implementation samples from (and transitions of the synthetic Minari dataset)"""
     online_size: int = 250_000
     """online rows in the replay for the memory probe"""
-    rounds: int = 11
+    rounds: int = 21
     """alternating timing rounds per implementation; the median is reported"""
-    round_updates: int = 100
+    round_updates: int = 50
     """updates (or online steps) per timing round"""
     warmup: int = 50
     """untimed updates before timing"""
@@ -274,7 +274,7 @@ def gemm_floor(obs_dim: int, act_dim: int, batch: int, hidden: int = 256):
 
 
 def time_rounds(fns: dict, rounds: int, n: int, warmup: int) -> dict:
-    """Median calls/s of each fn over `rounds` alternating rounds of `n` calls."""
+    """Calls/s of each fn in each of `rounds` alternating rounds of `n` calls (lists, one rate per round)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -285,7 +285,13 @@ def time_rounds(fns: dict, rounds: int, n: int, warmup: int) -> dict:
             for _ in range(n):
                 fn()
             rates[k].append(n / (time.perf_counter() - t))
-    return {k: float(np.median(v)) for k, v in rates.items()}
+    return rates
+
+
+def median_ratio(a: list, b: list) -> float:
+    """Median over rounds of a's rate / b's rate: a machine that speeds up or slows down between rounds (a shared
+    VM does) moves both rates of a round together, so per-round ratios are steadier than a ratio of medians."""
+    return float(np.median(np.array(a) / np.array(b)))
 
 
 # ------------------------------------------------------------------ dataset load, evaluation, memory
@@ -430,13 +436,16 @@ if __name__ == "__main__":
     # ------------------------------------------------------------------ report
     base, td3 = updates["textbook TD3+BC update"], steps["textbook TD3 step (+ env step)"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {B}, Hopper shapes (obs {o}, act {a}), "
-          f"{args.rounds} rounds x {args.round_updates} (median)\n")
+          f"{args.rounds} rounds x {args.round_updates}; rates: median round; ratios: median of per-round ratios\n")
     print("| measurement | per second | vs yardstick |\n|---|---|---|")
+    results["ratios"] = {}
     for k, v in updates.items():
-        print(f"| {k} | {v:.0f} | {v / base:.2f}x textbook TD3+BC |")
+        results["ratios"][k] = median_ratio(v, base)
+        print(f"| {k} | {np.median(v):.0f} | {results['ratios'][k]:.2f}x textbook TD3+BC update |")
     for k, v in steps.items():
-        print(f"| {k} | {v:.0f} | {v / td3:.2f}x textbook TD3 step |")
-    overhead = steps["ours: naive_ft.py step"] / steps["ours: balanced_replay.py step"] - 1
+        results["ratios"][k] = median_ratio(v, td3)
+        print(f"| {k} | {np.median(v):.0f} | {results['ratios'][k]:.2f}x textbook TD3 step |")
+    overhead = median_ratio(steps["ours: naive_ft.py step"], steps["ours: balanced_replay.py step"]) - 1
     print(f"\nbalanced replay's extra machinery: +{100 * overhead:.0f}% time per step over naive_ft.py")
     results["balanced_overhead"] = overhead
     if "dataset" in results:

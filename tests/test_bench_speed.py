@@ -26,7 +26,10 @@ def test_bench_speed_runs_every_measurement(tmp_path):
                                        "matrix products alone (floor)"}
     assert set(r["steps_per_s"]) == {"textbook TD3 step (+ env step)", "ours: naive_ft.py step",
                                      "ours: conservative_ft.py step", "ours: balanced_replay.py step"}
-    assert all(v > 0 for v in {**r["updates_per_s"], **r["steps_per_s"]}.values())
+    assert all(len(v) == 1 and v[0] > 0 for v in {**r["updates_per_s"], **r["steps_per_s"]}.values())  # one per round
+    assert r["ratios"]["textbook TD3+BC update"] == 1.0 and r["ratios"]["textbook TD3 step (+ env step)"] == 1.0
+    assert r["balanced_overhead"] == pytest.approx(
+        r["steps_per_s"]["ours: naive_ft.py step"][0] / r["steps_per_s"]["ours: balanced_replay.py step"][0] - 1)
     assert r["dataset"]["transitions"] == 20000
     e = r["evaluation"]
     assert e["episodes"] == 3 and e["env_steps"] > 3
