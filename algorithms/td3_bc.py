@@ -431,8 +431,10 @@ if __name__ == "__main__":
                 a = (a + torch.randn_like(a) * args.expl_noise * max_action).clamp(-max_action, max_action)
             next_obs, reward, terminated, truncated, _ = env.step(a.cpu().numpy())
             # a truncated step is stored as non-terminal: its target still bootstraps from s'
-            next_t = to_dev((next_obs - obs_mean) / obs_std)
-            replay[n_off + n_on] = torch.cat([obs_t, a, to_dev([reward]), next_t, to_dev([float(terminated)])])
+            # [r | normalized s' | terminated] in one upload; s' is then reused as the next step's s
+            r_s2_term = to_dev(np.concatenate([[reward], (next_obs - obs_mean) / obs_std, [terminated]]))
+            next_t = r_s2_term[1:-1]
+            replay[n_off + n_on] = torch.cat([obs_t, a, r_s2_term])
             n_on += 1
             ep_return, ep_len, obs_t = ep_return + float(reward), ep_len + 1, next_t
             if terminated or truncated:
