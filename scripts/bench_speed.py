@@ -223,9 +223,9 @@ def ours_online_step(module, table, n_off, split, env, obs_mean, obs_std, batch_
             a = actor(st["obs_t"])
             a = (a + torch.randn_like(a) * args.expl_noise * max_action).clamp(-max_action, max_action)
         next_obs, reward, terminated, truncated, _ = env.step(a.cpu().numpy())
-        next_t = to_dev((next_obs - obs_mean) / obs_std)
-        row = n_off + st["n_on"]
-        table[row] = torch.cat([st["obs_t"], a, to_dev([reward]), next_t, to_dev([float(terminated)])])
+        r_s2_term = to_dev(np.concatenate([[reward], (next_obs - obs_mean) / obs_std, [terminated]]))
+        next_t, row = r_s2_term[1:-1], n_off + st["n_on"]
+        table[row] = torch.cat([st["obs_t"], a, r_s2_term])
         st["n_on"] += 1
         st["obs_t"] = to_dev((env.reset()[0] - obs_mean) / obs_std) if terminated or truncated else next_t
         if balanced:
@@ -332,14 +332,30 @@ def memory_probe(kind: str, dataset_id: str, online_rows: int, batch_size: int) 
     table[n_off:] = table[:online_rows]  # every online row written (untouched memory is not resident)
     module = balanced_replay if kind == "balanced" else naive_ft
     env = gym.make("Hopper-v5")
-    step = ours_online_step(module, table[:n_off + online_rows - 200], n_off, split, env, np.zeros(11), np.ones(11),
-                            batch_size)
+    step = ours_online_step(module, table, n_off, split, env, np.zeros(11), np.ones(11), batch_size)
     for _ in range(100):
         step()
     with open("/proc/self/status") as f:  # resident memory now, in training (Linux)
         rss_now = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
     print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "peak_rss_during_load_mib": peak_load, "rss_training_mib": rss_now}))
+
+
+def evaluate_one_at_a_time(actor, env, obs_mean, obs_std, seed: int, episodes: int):
+    """The evaluation loop reference scripts have (and ours had): one episode after the other, one actor call on
+    one state per step; same per-episode seeds as the scripts' batched `evaluate`. Returns (returns, lengths)."""
+    returns, lengths = [], []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
+        done, ret, n = False, 0.0, 0
+        while not done:
+            with torch.no_grad():
+                a = actor(torch.as_tensor((obs - obs_mean) / obs_std, dtype=torch.float32)).numpy()
+            obs, r, terminated, truncated, _ = env.step(a)
+            done, ret, n = terminated or truncated, ret + float(r), n + 1
+        returns.append(ret)
+        lengths.append(n)
+    return np.array(returns), np.array(lengths)
 
 
 def eval_rates(n_episodes: int, checkpoint: str | None) -> dict:
@@ -354,19 +370,11 @@ def eval_rates(n_episodes: int, checkpoint: str | None) -> dict:
     t = time.perf_counter()
     batched = td3_bc.evaluate(actor, envs, mean, std, seed=0, device="cpu")
     t_batched = time.perf_counter() - t
-    t, steps, sequential = time.perf_counter(), 0, []
-    for i in range(n_episodes):
-        obs, _ = env.reset(seed=int(np.random.SeedSequence([0, i]).generate_state(1)[0]))
-        done, ret = False, 0.0
-        while not done:
-            with torch.no_grad():
-                a = actor(torch.as_tensor((obs - mean) / std, dtype=torch.float32)).numpy()
-            obs, r, terminated, truncated, _ = env.step(a)
-            done, steps, ret = terminated or truncated, steps + 1, ret + float(r)
-        sequential.append(ret)
+    t = time.perf_counter()
+    sequential, lengths = evaluate_one_at_a_time(actor, env, mean, std, seed=0, episodes=n_episodes)
     t_seq = time.perf_counter() - t
-    return {"episodes": n_episodes, "env_steps": steps, "actor": checkpoint or "untrained", "one_at_a_time_s": t_seq,
-            "batched_s": t_batched, "mean_return_one_at_a_time": float(np.mean(sequential)),
+    return {"episodes": n_episodes, "env_steps": int(lengths.sum()), "actor": checkpoint or "untrained",
+            "one_at_a_time_s": t_seq, "batched_s": t_batched, "mean_return_one_at_a_time": float(sequential.mean()),
             "mean_return_batched": float(batched.mean())}
 
 

@@ -94,26 +94,21 @@ def test_batched_evaluation_matches_one_episode_at_a_time(minari_root):
     """The batched evaluation runs the same episodes as a one-at-a-time loop (same per-episode seeds). A batched
     matmul rounds differently from a single-row one (~1e-7 on actions), so returns agree to a tolerance, not
     bit for bit: 1e-3 relative, far below the spread between episodes."""
+    import sys
+
     import minari
 
     from offline_data import make_eval_env
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_speed import evaluate_one_at_a_time
 
     torch.manual_seed(0)
     actor = td3_bc.Actor(11, 3, torch.ones(3))  # untrained: its episodes end at different steps
     dataset = minari.load_dataset(TINY_ID)
     mean, std = np.zeros(11), np.ones(11)
     batched = td3_bc.evaluate(actor, [make_eval_env(dataset) for _ in range(4)], mean, std, seed=3, device="cpu")
-    env, sequential, lengths = make_eval_env(dataset), [], []
-    for i in range(4):
-        obs, _ = env.reset(seed=int(np.random.SeedSequence([3, i]).generate_state(1)[0]))
-        ret, done, n = 0.0, False, 0
-        while not done:
-            with torch.no_grad():
-                a = actor(torch.as_tensor((obs - mean) / std, dtype=torch.float32)).numpy()
-            obs, r, terminated, truncated, _ = env.step(a)
-            ret, done, n = ret + r, terminated or truncated, n + 1
-        sequential.append(ret)
-        lengths.append(n)
+    sequential, lengths = evaluate_one_at_a_time(actor, make_eval_env(dataset), mean, std, seed=3, episodes=4)
     assert len(set(lengths)) > 1  # episodes of different lengths: finished envs must stop while others go on
     np.testing.assert_allclose(batched, sequential, rtol=1e-3)
     assert np.ptp(sequential) > 10 * 1e-3 * np.abs(sequential).max()  # the tolerance is tighter than the spread
