@@ -27,13 +27,15 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+import mujoco
 import numpy as np
 import torch
 import torch.nn as nn
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from offline_data import load_dataset, make_env, make_eval_env, normalized_score, resolve_dataset_id  # noqa: E402
+from offline_data import (has_reference_scores, load_dataset, make_env, make_eval_env, normalized_score,  # noqa: E402
+                          resolve_dataset_id)
 
 
 @dataclass
@@ -97,6 +99,9 @@ class Args:
     """default: `<dataset id with / replaced by ->__naive_ft__<seed>__<unix time>`"""
     runs_dir: str = "runs"
     """parent folder of the run directory; an existing run directory is an error, never overwritten"""
+    resume: str | None = None
+    """continue the interrupted run in this run directory, to the result an uninterrupted run gives (same machine,
+    same --threads); its args.json supplies every other flag, and a flag given here must agree with it"""
 
 
 # ---------------------------------------------------------------------------------------------- networks
@@ -123,7 +128,7 @@ class EnsembleLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(n, 1, out_dim).uniform_(-bound, bound))
 
     def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:  # (n, B, in) -> (n, B, out)
-        if n == self.weight.shape[0]:  # all members: no slice (a slice's backward allocates and copies)
+        if n == self.weight.shape[0]:  # all members: no slicing (a slice's backward allocates and copies)
             return torch.baddbmm(self.bias, x, self.weight)
         return torch.baddbmm(self.bias[:n], x, self.weight[:n])
 
@@ -232,10 +237,16 @@ def collapse_summary(evals: list[tuple[int, float]], window: int) -> dict:
             "recovery_steps": recovery, "final_score": evals[-1][1], "final_step": evals[-1][0]}
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic write: a reader never sees a half-written checkpoint."""
+CHECKPOINT_FORMAT = 2  # 1 (no "format" key): written before --resume existed; loads with --checkpoint, not --resume
+
+
+def atomic_save(path: Path, obj) -> None:
+    """Write a temporary file, flush it to disk, then rename it: a kill leaves the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        f.write(obj.encode()) if isinstance(obj, str) else torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -251,6 +262,97 @@ def load_checkpoint(path: str, dataset_id: str | None) -> dict:
         raise SystemExit(f"error: the requested dataset {dataset_id} (--env/--dataset-id) differs from the "
                          f"checkpoint's dataset {ckpt['dataset_id']}")
     return ckpt
+
+
+def load_run(run_dir: str, script: str) -> tuple[dict, dict | None]:
+    """What --resume continues: the run's args.json and its last checkpoint (None: killed before the first one)."""
+    try:
+        saved = json.loads((Path(run_dir) / "args.json").read_text())
+    except OSError:
+        raise SystemExit(f"error: --resume {run_dir}: no run there (no args.json)") from None
+    except ValueError:
+        raise SystemExit(f"error: --resume {run_dir}: its args.json is not valid JSON (truncated?)") from None
+    made_by = saved.get("algorithm") if isinstance(saved, dict) else None
+    if made_by is None:
+        raise SystemExit(f"error: --resume {run_dir}: not a resumable run (written by an older version of these "
+                         f"scripts, or by another program); continue its weights with --checkpoint instead")
+    if made_by != script:
+        raise SystemExit(f"error: --resume {run_dir}: that run was made by {made_by}.py; resume it with {made_by}.py")
+    if not (Path(run_dir) / "checkpoint.pt").exists():
+        return saved["args"], None
+    state = load_checkpoint(str(Path(run_dir) / "checkpoint.pt"), None)
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("algorithm") != script:
+        raise SystemExit(f"error: --resume {run_dir}: its checkpoint is format {state.get('format', 1)} of "
+                         f"{state.get('algorithm')}, this script resumes format {CHECKPOINT_FORMAT} of {script}")
+    return saved["args"], state
+
+
+def resume_args(cli, saved: dict, description: str):
+    """The resumed run's Args, from its args.json; a flag given with --resume must agree with it."""
+    try:
+        base = dataclasses.replace(type(cli)(**saved), resume=cli.resume)
+    except TypeError as e:
+        raise SystemExit(f"error: --resume {cli.resume}: its args.json does not fit this script's flags ({e})") from None
+    merged = tyro.cli(type(cli), default=base, description=description)
+    for f in dataclasses.fields(merged):
+        if getattr(merged, f.name) != getattr(base, f.name):
+            raise SystemExit(f"error: --{f.name.replace('_', '-')} {getattr(merged, f.name)} contradicts the resumed "
+                             f"run's args.json ({getattr(base, f.name)}); --resume continues a run as it was started")
+    return merged
+
+
+def reopen(path: Path, size: int | None, header: list[str]):
+    """A run file to append CSV rows to: new (size None), or cut back to the size its checkpoint recorded."""
+    if size is not None and (not path.exists() or path.stat().st_size < size):
+        raise SystemExit(f"error: {path} is shorter than its checkpoint records: the run directory is incomplete")
+    if size is not None:
+        os.truncate(path, size)  # drop rows written after the checkpoint
+        return open(path, "a", newline="")
+    f = open(path, "w", newline="")
+    csv.writer(f).writerow(header)
+    return f
+
+
+def save_online_rows(path: Path, replay, n_off: int, capacity: int, first: int, n_on: int) -> None:
+    """Append online transitions first..n_on-1 to the run's append-only row file (transition k lives in replay row
+    n_off + k % capacity; ones a ring already overwrote are written as zeros: a resume never reads them)."""
+    rows = torch.zeros(n_on - first, replay.shape[1])
+    lo = max(first, n_on - capacity)
+    rows[lo - first:] = replay[n_off + torch.arange(lo, n_on, device=replay.device) % capacity].cpu()
+    with open(path, "ab") as f:
+        f.write(rows.numpy().tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_online_rows(path: Path, replay, n_off: int, capacity: int, n_on: int) -> None:
+    """Put the first n_on transitions of the row file back into the replay table, dropping any rows after them."""
+    size = n_on * replay.shape[1] * 4
+    if not path.exists() or path.stat().st_size < size:
+        raise SystemExit(f"error: {path} holds fewer than the {n_on} online rows its checkpoint records: the run "
+                         f"directory is incomplete")
+    os.truncate(path, size)
+    rows = torch.from_numpy(np.fromfile(path, dtype=np.float32).reshape(n_on, replay.shape[1]))
+    lo = max(0, n_on - capacity)
+    replay[n_off + torch.arange(lo, n_on, device=replay.device) % capacity] = rows[lo:].to(replay.device)
+
+
+def env_state(env) -> dict:
+    """The online env mid-episode: MuJoCo's whole integration state (qpos/qvel alone miss the warm-start
+    accelerations), the time limit's step count and the reset RNG."""
+    u, spec = env.unwrapped, mujoco.mjtState.mjSTATE_INTEGRATION
+    sim = np.empty(mujoco.mj_stateSize(u.model, spec))
+    mujoco.mj_getState(u.model, u.data, sim, spec)
+    return {"mujoco": sim, "elapsed_steps": env.get_wrapper_attr("_elapsed_steps"),
+            "np_random": u.np_random.bit_generator.state}
+
+
+def restore_env_state(env, state: dict) -> None:
+    env.reset()  # the order-enforcing wrapper wants a reset first
+    u = env.unwrapped
+    mujoco.mj_setState(u.model, u.data, state["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
+    env.set_wrapper_attr("_elapsed_steps", state["elapsed_steps"])
+    u.np_random.bit_generator.state = state["np_random"]
 
 
 def run_metadata(device: torch.device) -> dict:
@@ -282,23 +384,26 @@ def validate(args: Args) -> None:
         raise SystemExit(f"error: --device must be auto, cpu or cuda, got {args.device!r}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda, but torch sees no CUDA device")
-    if args.checkpoint and not os.path.isfile(args.checkpoint):
+    if args.checkpoint and not args.resume and not os.path.isfile(args.checkpoint):
         raise SystemExit(f"error: checkpoint {args.checkpoint} does not exist")
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__.split("\n\n")[0])
-    validate(args)
     script = Path(__file__).stem
+    saved, state = load_run(args.resume, script) if args.resume else (None, None)  # state: the run's last checkpoint
+    args = resume_args(args, saved, __doc__.split("\n\n")[0]) if args.resume else args
+    validate(args)
     requested = resolve_dataset_id(args.env, args.dataset_id) if args.env or args.dataset_id else None
-    ckpt = load_checkpoint(args.checkpoint, requested) if args.checkpoint else None
+    ckpt = state or (load_checkpoint(args.checkpoint, requested) if args.checkpoint else None)
     dataset_id = ckpt["dataset_id"] if ckpt else requested or resolve_dataset_id("hopper", None)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     run_name = args.run_name or f"{dataset_id.replace('/', '-')}__{script}__{args.seed}__{int(time.time())}"
-    run_dir = Path(args.runs_dir) / run_name
-    if run_dir.exists():
-        raise SystemExit(f"error: run directory {run_dir} already exists; choose another --run-name or --runs-dir")
+    run_dir = Path(args.resume) if args.resume else Path(args.runs_dir) / run_name
+    if run_dir.exists() and not args.resume:
+        raise SystemExit(f"error: run directory {run_dir} already exists; choose another --run-name or --runs-dir, "
+                         f"or continue it with --resume {run_dir}")
     args = dataclasses.replace(args, dataset_id=dataset_id, run_name=run_name, device=str(device),
                                offline_steps=(0 if ckpt else 1_000_000) if args.offline_steps is None else args.offline_steps,
                                hidden=ckpt["args"]["hidden"] if ckpt else args.hidden)
@@ -325,8 +430,8 @@ if __name__ == "__main__":
     # replay table, one row per transition [s | a | r | s' | terminated] so a batch is one gather:
     # the n_off offline rows first, then room for every online transition
     split = [obs_dim, act_dim, 1, obs_dim, 1]
-    n_off, n_on = data.obs.shape[0], 0
-    replay = torch.empty(n_off + args.online_steps, sum(split), device=device)
+    n_off, n_on, capacity = data.obs.shape[0], 0, args.online_steps
+    replay = torch.empty(n_off + capacity, sum(split), device=device)
     replay[:n_off] = torch.cat([to_dev((data.obs - obs_mean) / obs_std), to_dev(data.actions),
                                 to_dev(data.rewards[:, None]), to_dev((data.next_obs - obs_mean) / obs_std),
                                 to_dev(data.terminated[:, None])], 1)
@@ -352,88 +457,141 @@ if __name__ == "__main__":
                           ("critic_target", critic_target), ("actor_opt", actor_opt), ("critic_opt", critic_opt)):
             obj.load_state_dict(ckpt[name])
     pretrained_actor = None  # pi_0: frozen copy of the actor when the online phase starts
+    if state and state["pretrained_actor"] is not None:
+        pretrained_actor = copy.deepcopy(actor).requires_grad_(False)
+        pretrained_actor.load_state_dict(state["pretrained_actor"])
 
     # ------------------------------------------------------------------ outputs
-    run_dir.mkdir(parents=True)
-    (run_dir / "args.json").write_text(json.dumps({"args": dataclasses.asdict(args), "meta": run_metadata(device)},
-                                                  indent=2))
+    run_dir.mkdir(parents=True, exist_ok=bool(args.resume))
+    run_info = json.loads((run_dir / "args.json").read_text()) if args.resume else \
+        {"algorithm": script, "args": dataclasses.asdict(args), "meta": run_metadata(device), "resumes": []}
+    if args.resume:  # the run's args stay as they were; each resume adds when, where from, with which code
+        run_info["resumes"].append({"from": f"{state['phase']} step {state['step']}" if state else "the start",
+                                    "meta": run_metadata(device)})
+    atomic_save(run_dir / "args.json", json.dumps(run_info, indent=2))
     columns = ["phase", "step", "critic_loss", "actor_loss", "reg_loss", "q_mean", "lmbda", "pi_dist",
                "q_pi_offline", "q_pi_online", "train_return", "eval_return", "eval_return_std", "eval_score",
                "updates_per_s", "elapsed_s"]
-    metrics_file = open(run_dir / "metrics.csv", "w", newline="")
+    sizes = state["run"]["files"] if state else {}
+    metrics_file = reopen(run_dir / "metrics.csv", sizes.get("metrics.csv"), columns)
     metrics = csv.DictWriter(metrics_file, fieldnames=columns)
-    metrics.writeheader()
-    episodes_file = open(run_dir / "episodes.csv", "w", newline="")
+    episodes_file = reopen(run_dir / "episodes.csv", sizes.get("episodes.csv"), ["step", "return", "length", "score"])
     episodes = csv.writer(episodes_file)
-    episodes.writerow(["step", "return", "length", "score"])
+    rows_file, rows_saved = run_dir / "online_rows.f32", 0  # online transitions, appended at each checkpoint
+    if not state:
+        rows_file.unlink(missing_ok=True)
     print(f"{script} on {dataset_id}: {n_off} offline transitions, device {device}, {torch.get_num_threads()} "
           f"threads, run dir {run_dir}", flush=True)
+    if not has_reference_scores(data.dataset):
+        print(f"note: {dataset_id} has no reference scores: every score here (progress, eval_score, episodes.csv, "
+              f"summary.json) is a raw return", flush=True)
 
     def checkpoint(phase: str, step: int) -> None:
-        save_checkpoint(run_dir / "checkpoint.pt", {
-            "algorithm": script, "phase": phase, "step": step, "args": dataclasses.asdict(args),
-            "dataset_id": dataset_id, "env_spec": env_spec, "obs_shape": tuple(obs_space.shape),
-            "act_shape": tuple(act_space.shape), "obs_mean": obs_mean, "obs_std": obs_std,
-            "actor": actor.state_dict(), "critic": critic.state_dict(), "actor_target": actor_target.state_dict(),
-            "critic_target": critic_target.state_dict(), "actor_opt": actor_opt.state_dict(),
-            "critic_opt": critic_opt.state_dict(),
+        """Everything the rest of the run depends on, written after the metrics row of this step."""
+        global rows_saved, last_checkpoint
+        metrics_file.flush()
+        episodes_file.flush()
+        if phase == "online":
+            save_online_rows(rows_file, replay, n_off, capacity, rows_saved, n_on)
+            rows_saved = n_on
+        atomic_save(run_dir / "checkpoint.pt", {
+            "format": CHECKPOINT_FORMAT, "algorithm": script, "phase": phase, "step": step,
+            "args": dataclasses.asdict(args), "dataset_id": dataset_id, "env_spec": env_spec,
+            "obs_shape": tuple(obs_space.shape), "act_shape": tuple(act_space.shape), "obs_mean": obs_mean,
+            "obs_std": obs_std, "actor": actor.state_dict(), "critic": critic.state_dict(),
+            "actor_target": actor_target.state_dict(), "critic_target": critic_target.state_dict(),
+            "actor_opt": actor_opt.state_dict(), "critic_opt": critic_opt.state_dict(),
             "pretrained_actor": pretrained_actor.state_dict() if pretrained_actor else None,
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}})
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                    "diagnostics": diag_gen.get_state()},
+            "run": {"files": {n: (run_dir / n).stat().st_size for n in ("metrics.csv", "episodes.csv")},
+                    "evals": evals, "n_on": n_on, "elapsed_s": time.perf_counter() - start,
+                    "env": env_state(env) if phase == "online" else None, "obs": obs_t,
+                    "episode": (ep_return, ep_len, recent_returns)}})
+        last_checkpoint = f"{phase} step {step}"
 
-    sums, counts, evals = {}, {}, []
-    start = t_last = phase_start = time.perf_counter()
+    sums, counts, evals, last_checkpoint = {}, {}, [], None
+    obs_t, ep_return, ep_len, recent_returns = None, 0.0, 0, []  # online: normalized s on the device, episode so far
     diag_gen = torch.Generator(device=device).manual_seed(args.seed)  # diagnostics never touch the training RNG
+    off_done, on_done = 0, None  # steps already done in each phase (None: the online phase has not begun)
+    if state:  # --resume: the rest of the state the checkpoint holds; the RNGs last, right before the loop
+        run, phase, last_checkpoint = state["run"], state["phase"], f"{state['phase']} step {state['step']}"
+        off_done = state["step"] if phase == "offline" else args.offline_steps
+        evals, n_on, rows_saved = run["evals"], run["n_on"], run["n_on"]
+        if phase == "online":
+            on_done, obs_t, (ep_return, ep_len, recent_returns) = state["step"], run["obs"].to(device), run["episode"]
+            load_online_rows(rows_file, replay, n_off, capacity, n_on)
+            restore_env_state(env, run["env"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        diag_gen.set_state(state["rng"]["diagnostics"])
+        print(f"resuming from the checkpoint at {last_checkpoint}", flush=True)
+    start = time.perf_counter() - (state["run"]["elapsed_s"] if state else 0.0)
+    t_last = phase_start = time.perf_counter()
+    row_from, phase_from = 1, 0  # first step of the current metrics row's window; step at which this process began the phase
 
     def log(phase: str, step: int, last: int, info: dict | None, extra: dict | None = None) -> None:
         """Accumulate update info on the device; every --log-every steps (and at evaluations) write a row."""
-        global sums, counts, t_last
+        global sums, counts, t_last, row_from
         for k, v in (info or {}).items():
             sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
         is_eval = step % args.eval_every == 0 or step == last
         if step % args.log_every and not is_eval:
             return
-        row = {k: float(sums[k]) / counts[k] for k in sums}
+        row = {k: float(sums[k]) / counts[k] for k in sums}  # the host reads the device sums here only
         row.update(phase=phase, step=step, **(extra or {}))
         if counts:
             row["updates_per_s"] = counts["critic_loss"] / (time.perf_counter() - t_last)
-        sums, counts = {}, {}
+        bad = [k for k in sums if not math.isfinite(row[k])]  # NaN guard: a non-finite loss poisons its window sum
+        if bad:
+            metrics.writerow(row)
+            metrics_file.flush()
+            raise SystemExit(f"error: non-finite {', '.join(bad)} in {phase} steps {row_from}-{step}: stopped; "
+                             + (f"the last checkpoint ({last_checkpoint}) is untouched, continue it with --resume "
+                                f"{run_dir}" if last_checkpoint else "no checkpoint was written yet"))
+        sums, counts, row_from = {}, {}, step + 1
         if is_eval:
             returns = evaluate(actor, eval_envs, obs_mean, obs_std, args.seed, device)
             row.update(eval_return=returns.mean(), eval_return_std=returns.std(),
                        eval_score=float(normalized_score(data.dataset, returns).mean()))
             if phase == "online":
                 evals.append((step, row["eval_score"]))
-            checkpoint(phase, step)  # holds exactly the weights that were just evaluated
         row["elapsed_s"] = time.perf_counter() - start
         metrics.writerow(row)
-        metrics_file.flush()
+        if is_eval:
+            checkpoint(phase, step)  # holds exactly the weights that were just evaluated
         score = f"score {row['eval_score']:6.1f} | " if is_eval else ""
         speed = f"{row['updates_per_s']:6.0f} upd/s | " if "updates_per_s" in row else ""
-        eta = f"ETA {(time.perf_counter() - phase_start) / step * (last - step) / 60:5.1f} min" if step else ""
+        eta = f"ETA {(time.perf_counter() - phase_start) / (step - phase_from) * (last - step) / 60:5.1f} min" \
+            if step > phase_from else ""
         print(f"{phase:>7} step {step:>8}/{last} | {score}{speed}{eta}", flush=True)
         t_last = time.perf_counter()
 
     # ------------------------------------------------------------------ offline phase: TD3+BC on the dataset
-    for step in range(1, args.offline_steps + 1):
+    phase_from, row_from = off_done, off_done + 1
+    for step in range(off_done + 1, args.offline_steps + 1):
         info = update(step, sample(online=False), actor, actor_target, critic, critic_target, actor_opt,
                       critic_opt, args, offline=True)
         log("offline", step, args.offline_steps, info)
-    if args.offline_steps == 0 and args.online_steps == 0:  # nothing to train: evaluate the weights as they are
+    if args.offline_steps == 0 and args.online_steps == 0 and not state:  # nothing to train: evaluate as they are
         log("offline", 0, 0, None)
 
     # ------------------------------------------------------------------ online phase: act, store, update
     if args.online_steps > 0:
-        pretrained_actor = copy.deepcopy(actor).requires_grad_(False)
-        phase_start = time.perf_counter()
-        if args.reset_optimizers:  # fresh Adam moments for the online phase
-            actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, **fused)
-            critic_opt = torch.optim.Adam(critic.parameters(), lr=args.lr, **fused)
-        log("online", 0, args.online_steps, None)  # step 0: the pretrained policy before any online update
-        obs, _ = env.reset(seed=args.seed)
-        obs_t = to_dev((obs - obs_mean) / obs_std)  # the normalized observation, uploaded once per step
-        ep_return, ep_len, recent_returns = 0.0, 0, []
-        for step in range(1, args.online_steps + 1):
+        if on_done is None:  # the handoff: pi_0, the first reset, the step-0 evaluation (and checkpoint)
+            pretrained_actor = copy.deepcopy(actor).requires_grad_(False)
+            if args.reset_optimizers:  # fresh Adam moments for the online phase
+                actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, **fused)
+                critic_opt = torch.optim.Adam(critic.parameters(), lr=args.lr, **fused)
+            obs, _ = env.reset(seed=args.seed)
+            obs_t = to_dev((obs - obs_mean) / obs_std)  # the normalized observation, uploaded once per step
+            log("online", 0, args.online_steps, None)  # step 0: the pretrained policy before any online update
+        phase_start, phase_from, row_from = time.perf_counter(), on_done or 0, (on_done or 0) + 1
+        for step in range((on_done or 0) + 1, args.online_steps + 1):
             with torch.no_grad():  # a = clip(pi(s) + N(0, (sigma * max_action)^2))
                 a = actor(obs_t)
                 a = (a + torch.randn_like(a) * args.expl_noise * max_action).clamp(-max_action, max_action)
@@ -469,8 +627,9 @@ if __name__ == "__main__":
                 recent_returns = []
             log("online", step, args.online_steps, info, extra)
 
-        summary = collapse_summary(evals, args.collapse_window)
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        summary = {**collapse_summary(evals, args.collapse_window),
+                   "score": "normalized" if has_reference_scores(data.dataset) else "raw return"}
+        atomic_save(run_dir / "summary.json", json.dumps(summary, indent=2))
         print("summary: " + " | ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
     metrics_file.close()
     episodes_file.close()

@@ -7,11 +7,14 @@ them, and turns the usual failures into one readable line (`SystemExit`, non-zer
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 import gymnasium as gym
 import minari
 import numpy as np
+from minari.storage.datasets_root_dir import get_dataset_path
 
 # `--env NAME` is shorthand for the official Minari MuJoCo "medium" dataset of that environment.
 ENV_TO_DATASET = {name: f"mujoco/{name}/medium-v0" for name in ("hopper", "halfcheetah", "walker2d")}
@@ -43,17 +46,39 @@ class OfflineData:
         return self.obs.mean(0), self.obs.std(0) + eps
 
 
+def unreachable_download_host() -> str | None:
+    """Why Minari's default remote (the Hugging Face Hub) cannot be reached, or None. One TCP connect with a 3 s
+    timeout, so that a machine without network gets our one-line error at once instead of the Hub client's five
+    retries (about 24 s and a dozen lines). Skipped behind a proxy, offline (HF_HUB_OFFLINE) or with another
+    remote (MINARI_REMOTE): the download attempt itself then decides."""
+    if os.environ.get("HF_HUB_OFFLINE") or not os.environ.get("MINARI_REMOTE", "hf://").startswith("hf://") or \
+            any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=3.0).close()
+        return None
+    except OSError as e:
+        return f"cannot reach {host}:{port}: {e.strerror or type(e).__name__}"
+
+
 def load_dataset(dataset_id: str) -> OfflineData:
     """Load (downloading if needed) and flatten a Minari dataset with Box observation and action spaces."""
+    where = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
+    remedy = (f"Remedy: run `minari download {dataset_id}` on a machine with internet, or set MINARI_DATASETS_PATH "
+              f"to a folder that holds it.")
+    local = (get_dataset_path(dataset_id) / "data").exists()
+    problem = None if local else unreachable_download_host()
+    if problem:
+        raise SystemExit(f"error: Minari dataset {dataset_id!r} is not available: not found under {where} and no "
+                         f"download is possible ({problem}). {remedy}")
     try:
         dataset = minari.load_dataset(dataset_id, download=True)
     except Exception as e:  # ConnectError after retries, OfflineModeIsEnabled, unknown remote id, ...
-        where = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
         cause = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SystemExit(f"error: Minari dataset {dataset_id!r} is not available: not found under {where} and "
-                         f"the download failed ({type(e).__name__}: {cause}). Remedy: run `minari download "
-                         f"{dataset_id}` on a machine with internet, or set MINARI_DATASETS_PATH to a folder "
-                         f"that holds it.") from None
+                         f"the download failed ({type(e).__name__}: {cause}). {remedy}") from None
     obs_space, act_space = dataset.observation_space, dataset.action_space
     if not (isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)):
         raise SystemExit(f"error: dataset {dataset_id!r} has {obs_space} observations and {act_space} actions; "
@@ -90,10 +115,14 @@ def make_env(dataset: minari.MinariDataset) -> gym.Env:
     return dataset.recover_environment()
 
 
-def normalized_score(dataset: minari.MinariDataset, returns) -> np.ndarray:
-    """D4RL normalized score x 100: 100 * (return - ref_min) / (ref_max - ref_min); NaN if the dataset has no
-    reference scores."""
+def has_reference_scores(dataset: minari.MinariDataset) -> bool:
     md = dataset.storage.metadata
-    if md.get("ref_min_score") is None or md.get("ref_max_score") is None:
-        return np.full(np.shape(returns), np.nan)
+    return md.get("ref_min_score") is not None and md.get("ref_max_score") is not None
+
+
+def normalized_score(dataset: minari.MinariDataset, returns) -> np.ndarray:
+    """D4RL normalized score x 100: 100 * (return - ref_min) / (ref_max - ref_min). A dataset without reference
+    scores (any Minari id may lack them) gets the raw returns back: the scripts say so once when they start."""
+    if not has_reference_scores(dataset):
+        return np.asarray(returns, dtype=np.float64)
     return 100.0 * minari.get_normalized_score(dataset, np.asarray(returns, dtype=np.float64))
