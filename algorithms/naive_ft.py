@@ -534,6 +534,16 @@ if __name__ == "__main__":
     t_last = phase_start = time.perf_counter()
     row_from, phase_from = 1, 0  # first step of the current metrics row's window; step at which this process began the phase
 
+    def nan_guard(phase: str, step: int, action=None) -> None:
+        """Stop with one line if a loss of the current metrics window, or the action about to be taken, is not
+        finite. A NaN/inf loss poisons its window's device sum, which the host reads only at metrics rows."""
+        bad = [k for k in sums if not math.isfinite(float(sums[k]))] + \
+            (["action"] if action is not None and not np.isfinite(action).all() else [])
+        if bad:
+            raise SystemExit(f"error: non-finite {', '.join(bad)} in {phase} steps {row_from}-{step}: stopped; "
+                             + (f"the last checkpoint ({last_checkpoint}) is untouched, continue it with --resume "
+                                f"{run_dir}" if last_checkpoint else "no checkpoint was written yet"))
+
     def log(phase: str, step: int, last: int, info: dict | None, extra: dict | None = None) -> None:
         """Accumulate update info on the device; every --log-every steps (and at evaluations) write a row."""
         global sums, counts, t_last, row_from
@@ -546,13 +556,10 @@ if __name__ == "__main__":
         row.update(phase=phase, step=step, **(extra or {}))
         if counts:
             row["updates_per_s"] = counts["critic_loss"] / (time.perf_counter() - t_last)
-        bad = [k for k in sums if not math.isfinite(row[k])]  # NaN guard: a non-finite loss poisons its window sum
-        if bad:
+        if not all(math.isfinite(row[k]) for k in sums):  # the bad row is logged, then the guard stops the run
             metrics.writerow(row)
             metrics_file.flush()
-            raise SystemExit(f"error: non-finite {', '.join(bad)} in {phase} steps {row_from}-{step}: stopped; "
-                             + (f"the last checkpoint ({last_checkpoint}) is untouched, continue it with --resume "
-                                f"{run_dir}" if last_checkpoint else "no checkpoint was written yet"))
+            nan_guard(phase, step)
         sums, counts, row_from = {}, {}, step + 1
         if is_eval:
             returns = evaluate(actor, eval_envs, obs_mean, obs_std, args.seed, device)
@@ -595,7 +602,10 @@ if __name__ == "__main__":
             with torch.no_grad():  # a = clip(pi(s) + N(0, (sigma * max_action)^2))
                 a = actor(obs_t)
                 a = (a + torch.randn_like(a) * args.expl_noise * max_action).clamp(-max_action, max_action)
-            next_obs, reward, terminated, truncated, _ = env.step(a.cpu().numpy())
+            action = a.cpu().numpy()
+            if not np.isfinite(action).all():  # non-finite weights: stop before the env sees the action
+                nan_guard("online", step, action)
+            next_obs, reward, terminated, truncated, _ = env.step(action)
             # a truncated step is stored as non-terminal: its target still bootstraps from s'
             # [r | normalized s' | terminated] in one upload; s' is then reused as the next step's s
             r_s2_term = to_dev(np.concatenate([[reward], (next_obs - obs_mean) / obs_std, [terminated]]))

@@ -51,11 +51,12 @@ def collect_episodes(episodes=EPISODES, nan_at=None):
     return buffers
 
 
-def make_dataset(dataset_id, buffers, **kw):
+def make_dataset(dataset_id, buffers, reference_scores=True, **kw):
     import minari
 
-    return minari.create_dataset_from_buffers(dataset_id, buffers, env="Hopper-v5", ref_min_score=REF_MIN,
-                                              ref_max_score=REF_MAX, algorithm_name="random", author="tests",
+    if reference_scores:
+        kw.update(ref_min_score=REF_MIN, ref_max_score=REF_MAX)
+    return minari.create_dataset_from_buffers(dataset_id, buffers, env="Hopper-v5", algorithm_name="random", author="tests",
                                               author_email="none", description="tiny test dataset", code_permalink="none",
                                               eval_env="Hopper-v5", **kw)
 

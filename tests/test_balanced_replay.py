@@ -179,7 +179,6 @@ def test_cli_outputs_and_update_count(br_runs):
     for r in rows[1:]:
         for col in ("w_offline", "w_online", "online_share", "ratio_loss", "critic_loss", "pi_dist"):
             assert math.isfinite(float(r[col])), col
-        assert 0.0 <= float(r["online_share"]) <= 1.0
     ckpt = torch.load(br_runs / "br_a" / "checkpoint.pt", weights_only=False)
     assert ckpt["algorithm"] == "balanced_replay" and "weight_net" in ckpt and ckpt["step"] == 200
     summary = json.loads((br_runs / "br_a" / "summary.json").read_text())
@@ -195,6 +194,18 @@ def test_handoff_and_determinism(br_runs):
     for key in ("actor", "critic", "weight_net"):
         for k in ca[key]:
             assert torch.equal(ca[key][k], cb[key][k]), (key, k)
+
+
+def test_first_batch_online_share_is_the_initial_mass_fraction(pretrained, tmp_path):
+    """The first update samples a tree whose online rows hold exactly f of the mass (--init-online-fraction), in
+    one contiguous block after the offline rows: stratified sampling puts f*B +- 1 online rows in that batch."""
+    run_script("balanced_replay.py", "--checkpoint", str(pretrained / "offline" / "checkpoint.pt"), "--online-steps",
+               "60", "--warmup-online-steps", "50", "--warmup-updates", "1", "--init-online-fraction", "0.3",
+               "--log-every", "50", "--eval-every", "60", "--eval-episodes", "1", "--batch-size", "64",
+               "--runs-dir", str(tmp_path), "--run-name", "share")
+    row = next(r for r in read_metrics(tmp_path / "share" / "metrics.csv") if r["step"] == "50")
+    assert row["updates"] == "1"  # the row averages exactly the first update
+    assert abs(float(row["online_share"]) - 0.3) <= 1 / 64 + 1e-9, row["online_share"]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -1,5 +1,6 @@
 """td3_bc.py through its CLI: smoke run, run directory, determinism, bad input; and its building blocks."""
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -29,7 +30,9 @@ def test_run_directory_contents(smoke_runs):
     assert meta["args"]["device"] == "cpu" and meta["args"]["run_name"] == "a"
     assert meta["meta"]["torch_threads"] == 1 and meta["meta"]["device"] == "cpu"
     assert set(meta["meta"]["packages"]) >= {"torch", "minari", "gymnasium", "numpy", "tyro"}
-    assert "git_commit" in meta["meta"]
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert meta["meta"]["git_commit"] == head and len(head) == 40
+    assert meta["algorithm"] == "td3_bc" and meta["resumes"] == []
     rows = read_metrics(run / "metrics.csv", drop=())
     assert [int(r["step"]) for r in rows] == [100, 150, 200, 300]
     assert [r["eval_score"] != "" for r in rows] == [False, True, False, True]
@@ -144,7 +147,7 @@ def test_existing_run_directory_is_an_error(smoke_runs):
     proc = run_script("td3_bc.py", *SMOKE, "--runs-dir", str(smoke_runs), "--run-name", "a", check=False)
     assert proc.returncode != 0
     assert proc.stderr.strip() == f"error: run directory {smoke_runs / 'a'} already exists; choose another " \
-                                  f"--run-name or --runs-dir"
+                                  f"--run-name or --runs-dir, or continue it with --resume {smoke_runs / 'a'}"
     assert (smoke_runs / "a" / "metrics.csv").read_bytes() == before  # never overwritten
 
 
