@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -259,6 +260,17 @@ def load_checkpoint(path: str, dataset_id: str | None) -> dict:
     return ckpt
 
 
+def weights_sha256(ckpt: dict) -> str:
+    """sha256 over the network tensors (actor, critics, targets) in a fixed order: equal hashes mean bit-identical
+    weights (`scripts/report.py --hash CHECKPOINT` prints the same)."""
+    h = hashlib.sha256()
+    for net in ("actor", "critic", "actor_target", "critic_target"):
+        for key in sorted(ckpt[net]):
+            h.update(f"{net}/{key}".encode())
+            h.update(ckpt[net][key].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def load_run(run_dir: str, script: str) -> tuple[dict, dict | None]:
     """What --resume continues: the run's args.json and its last checkpoint (None: killed before the first one)."""
     try:
@@ -459,7 +471,8 @@ if __name__ == "__main__":
     # ------------------------------------------------------------------ outputs
     run_dir.mkdir(parents=True, exist_ok=bool(args.resume))
     run_info = json.loads((run_dir / "args.json").read_text()) if args.resume else \
-        {"algorithm": script, "args": dataclasses.asdict(args), "meta": run_metadata(device), "resumes": []}
+        {"algorithm": script, "args": dataclasses.asdict(args), "meta": run_metadata(device), "resumes": [],
+         "checkpoint_sha256": weights_sha256(ckpt) if ckpt else None}  # the agent a --checkpoint run starts from
     if args.resume:  # the run's args stay as they were; each resume adds when, where from, with which code
         run_info["resumes"].append({"from": f"{state['phase']} step {state['step']}" if state else "the start",
                                     "meta": run_metadata(device)})

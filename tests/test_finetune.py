@@ -47,6 +47,8 @@ def test_online_run_outputs(finetuned, script):
     ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
     assert ckpt["phase"] == "online" and ckpt["step"] == 200 and ckpt["algorithm"] == script[:-3]
     assert ckpt["pretrained_actor"] is not None
+    agent = torch.load(finetuned / "offline" / "checkpoint.pt", weights_only=False)
+    assert json.loads((run / "args.json").read_text())["checkpoint_sha256"] == td3_bc.weights_sha256(agent)
     args = json.loads((run / "args.json").read_text())["args"]
     assert args["offline_steps"] == 0 and args["dataset_id"] == TINY_ID
     assert args["offline_ratio"] == {"naive_ft.py": -1.0, "conservative_ft.py": 0.5, "td3_bc.py": -1.0}[script]

@@ -56,6 +56,10 @@ def test_checkpoint_hash(tmp_path):
     torch.save(nets, tmp_path / "c.pt")
     h = [report.checkpoint_hash(tmp_path / f"{n}.pt") for n in "abc"]
     assert h[0] == h[1] != h[2] and len(h[0]) == 64
+    # the scripts record the same hash of the agent a --checkpoint run starts from
+    import td3_bc
+
+    assert td3_bc.weights_sha256(torch.load(tmp_path / "c.pt")) == h[2]
 
 
 def test_online_share_block(tmp_path):

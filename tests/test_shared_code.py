@@ -15,7 +15,7 @@ SHARED = {  # name -> the scripts that hold an identical copy
     **{name: ALL for name in (
         "Actor", "EnsembleLinear", "Critic",  # networks
         "evaluate", "collapse_summary", "run_metadata",  # evaluation and run records
-        "CHECKPOINT_FORMAT", "atomic_save", "load_checkpoint",  # checkpoints
+        "CHECKPOINT_FORMAT", "atomic_save", "load_checkpoint", "weights_sha256",  # checkpoints
         "load_run", "resume_args", "reopen", "save_online_rows", "load_online_rows",  # --resume
         "env_state", "restore_env_state",  # the online env mid-episode
         "nan_guard",  # inside the main block

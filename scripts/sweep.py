@@ -1,0 +1,295 @@
+"""The study with one command: for each (dataset, seed) pretrain one TD3+BC agent, then finetune every method and
+variant from that same agent, on this machine or through Slurm. Run it again with the same arguments to continue:
+finished runs are kept, interrupted ones resume exactly (`--resume`), missing ones start.
+
+    python scripts/sweep.py --methods naive_ft conservative_ft --dataset-ids standin/hopper/medium-v0 \\
+        --seeds 0 1 2 --out benchmarks/sweeps/example
+    python scripts/sweep.py ... --variant reset=--reset-optimizers --variant "online-only=--offline-ratio 0"
+
+Layout: OUT/sweep.json (the grid), OUT/<dataset id, / -> ->/seed<S>/pretrain/ and .../seed<S>/<method>[-<variant>]/
+(run directories of the algorithm scripts; their logs in OUT/logs/). Every run gets `--threads 1`. Seeds vary the
+pretrained agent too. Checkpoints and online rows are git-ignored, so under benchmarks/ a finished run commits as
+its small files (args.json, metrics.csv, episodes.csv, summary.json); a missing agent is pretrained again (same
+seed, threads and kind of machine => the same weights), and runs finetuned from a different agent are refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+ROOT = Path(__file__).resolve().parents[1]
+ALGOS = ROOT / "algorithms"
+METHODS = ("td3_bc", "naive_ft", "conservative_ft", "balanced_replay")
+
+
+@dataclass
+class Args:
+    methods: tuple[str, ...] = ("td3_bc", "naive_ft", "conservative_ft", "balanced_replay")
+    """finetuning methods: td3_bc (TD3+BC continued online), naive_ft, conservative_ft, balanced_replay"""
+    dataset_ids: tuple[str, ...] = ("mujoco/hopper/medium-v0",)
+    """Minari dataset ids; each (dataset, seed) gets its own pretrained agent"""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """seeds of the pretraining and of every finetuning run from it"""
+    offline_steps: int = 100_000
+    """TD3+BC pretraining steps of each agent"""
+    online_steps: int = 100_000
+    """online steps of each finetuning run"""
+    eval_every: int = 5_000
+    """evaluation (and checkpoint) interval of every run"""
+    out: str = "runs/sweep"
+    """the sweep directory (may lie under benchmarks/: its small run files are committed, checkpoints ignored)"""
+    workers: int = 0
+    """runs at a time with the local launcher (0: one per CPU core); each run uses one thread"""
+    launcher: Literal["local", "slurm"] = "local"
+    """local: subprocesses on this machine; slurm: sbatch through submitit (pip install -e ".[sweep]")"""
+    variant: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """NAME=FLAGS, repeatable: also run every listed method whose --help has all FLAGS with them, as
+    <method>-<NAME> (methods that lack a flag skip the variant, with a printed line)"""
+    method_flags: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """METHOD=FLAGS, repeatable: extra flags for every run of one method (e.g. balanced replay's warm-up sizes)"""
+    slurm_partition: str | None = None
+    """Slurm partition (default: the cluster's default partition)"""
+    slurm_time: int = 240
+    """Slurm time limit of each job, in minutes"""
+    slurm_gpus_per_job: int = 0
+    """GPUs per Slurm job (0: no GPU request)"""
+    dry_run: bool = False
+    """print the commands of the runs that would start, and start none"""
+
+
+@dataclass
+class Run:
+    name: str  # pretrain, or <method>[-<variant>]
+    script: str
+    group: Path  # OUT/<dataset>/seed<S>
+    flags: list[str]  # the script's flags for a new run; {group} stands for the group's directory
+
+    @property
+    def dir(self) -> Path:
+        return self.group / self.name
+
+    def command(self) -> list[str]:
+        """A new run, or `--resume` of the interrupted one (its args.json holds every flag)."""
+        argv = ["--resume", str(self.dir)] if (self.dir / "args.json").exists() else \
+            [f.replace("{group}", str(self.group)) for f in self.flags]
+        return [sys.executable, str(ALGOS / f"{self.script}.py"), *argv]
+
+
+def script_flags(script: str) -> set[str]:
+    """Every flag the script's --help lists."""
+    out = subprocess.run([sys.executable, str(ALGOS / f"{script}.py"), "--help"], capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "200"}).stdout
+    return set(re.findall(r"(--[a-z0-9][a-z0-9-]*)", out))
+
+
+def parse_pairs(items: tuple[str, ...], what: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        name, sep, flags = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.]+", name):
+            raise SystemExit(f"error: --{what} {item!r}: expected NAME=FLAGS with NAME of letters, digits, _ or .")
+        pairs[name] = flags
+    return pairs
+
+
+def weights_sha256(path: Path) -> str:
+    """The agent's identity: scripts/report.py's hash over its network tensors."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from report import checkpoint_hash
+
+    return checkpoint_hash(path)
+
+
+def finished(run: Run, args: Args) -> bool:
+    """A finetuning run is finished once its summary.json exists (written last, atomically); a pretraining run once
+    its checkpoint holds the final offline step (its metrics row can exist a moment before the checkpoint)."""
+    if run.name != "pretrain":
+        return (run.dir / "summary.json").exists()
+    if not (run.dir / "checkpoint.pt").exists():
+        return False
+    import torch
+
+    ckpt = torch.load(run.dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    return (ckpt.get("phase"), ckpt.get("step")) == ("offline", args.offline_steps)
+
+
+def plan(args: Args) -> dict[Path, list[Run]]:
+    """Every run of the grid, grouped by (dataset, seed): the pretraining run first."""
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown or not args.methods:
+        raise SystemExit(f"error: unknown method(s) {unknown or '(none given)'}; choose from {', '.join(METHODS)}")
+    if not args.seeds or not args.dataset_ids:
+        raise SystemExit("error: give at least one --seeds and one --dataset-ids")
+    for name in ("offline_steps", "online_steps", "eval_every", "slurm_time"):
+        if getattr(args, name) <= 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.workers < 0 or args.slurm_gpus_per_job < 0:
+        raise SystemExit("error: --workers and --slurm-gpus-per-job must be >= 0")
+    variants, extra = parse_pairs(args.variant, "variant"), parse_pairs(args.method_flags, "method-flags")
+    bad = [m for m in extra if m not in args.methods]
+    if bad:
+        raise SystemExit(f"error: --method-flags for {bad}, which is not among --methods {list(args.methods)}")
+    accepted = {m: script_flags(m) for m in args.methods}
+    for m, flags in extra.items():
+        missing = [f for f in shlex.split(flags) if f.startswith("--") and f not in accepted[m]]
+        if missing:
+            raise SystemExit(f"error: --method-flags {m}={flags!r}: {m}.py has no flag {', '.join(missing)}")
+    runs_of_method = {m: [(m, [])] for m in args.methods}
+    for name, flags in variants.items():
+        wanted = [f for f in shlex.split(flags) if f.startswith("--")]
+        takers = [m for m in args.methods if all(f in accepted[m] for f in wanted)]
+        if not takers:
+            raise SystemExit(f"error: --variant {name}={flags!r}: no listed method accepts {' '.join(wanted)}")
+        for m in args.methods:
+            if m in takers:
+                runs_of_method[m].append((f"{m}-{name}", shlex.split(flags)))
+            else:
+                print(f"sweep: variant {name} skipped for {m} (its --help lacks {' '.join(wanted)})")
+    root = Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
+    missing = [d for d in args.dataset_ids if not (root / d / "data").is_dir()]
+    if missing:
+        raise SystemExit(f"error: dataset(s) {', '.join(missing)} not found under {root} (MINARI_DATASETS_PATH); "
+                         f"a sweep does not download: run `minari download <id>` first")
+    common = ["--threads", "1", "--eval-every", str(args.eval_every)]
+    groups = {}
+    for dataset_id in args.dataset_ids:
+        for seed in args.seeds:
+            group = Path(args.out) / dataset_id.replace("/", "-") / f"seed{seed}"
+            ckpt = "{group}/pretrain/checkpoint.pt"
+            runs = [Run("pretrain", "td3_bc", group, ["--dataset-id", dataset_id, "--seed", str(seed), *common,
+                                                     "--offline-steps", str(args.offline_steps), "--online-steps", "0",
+                                                     "--runs-dir", "{group}", "--run-name", "pretrain"])]
+            for m in args.methods:
+                for name, flags in runs_of_method[m]:
+                    runs.append(Run(name, m, group, ["--checkpoint", ckpt, "--seed", str(seed), *common,
+                                                     "--offline-steps", "0", "--online-steps", str(args.online_steps),
+                                                     *shlex.split(extra.get(m, "")), *flags,
+                                                     "--runs-dir", "{group}", "--run-name", name]))
+            groups[group] = runs
+    return groups
+
+
+def check_grid(args: Args, groups: dict[Path, list[Run]]) -> None:
+    """An --out made by a different grid is an error: every run setting must agree with OUT/sweep.json."""
+    out = Path(args.out)
+    grid = {"offline_steps": args.offline_steps, "online_steps": args.online_steps, "eval_every": args.eval_every,
+            "runs": {str(r.dir.relative_to(out)): r.flags for runs in groups.values() for r in runs}}
+    path = out / "sweep.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        for key in ("offline_steps", "online_steps", "eval_every"):
+            if old[key] != grid[key]:
+                raise SystemExit(f"error: {out} was made by a grid with --{key.replace('_', '-')} {old[key]}, not "
+                                 f"{grid[key]}; choose another --out")
+        for run, flags in grid["runs"].items():
+            if run in old["runs"] and old["runs"][run] != flags:
+                raise SystemExit(f"error: {out / run} was made with other flags ({' '.join(old['runs'][run])}); "
+                                 f"choose another --out or another variant name")
+        grid["runs"] = {**old["runs"], **grid["runs"]}
+    for group, runs in groups.items():  # runs finetuned from another agent than the group's
+        hashes = {r.name: json.loads((r.dir / "args.json").read_text()).get("checkpoint_sha256")
+                  for r in runs[1:] if (r.dir / "args.json").exists()}
+        if len(set(hashes.values())) > 1:
+            raise SystemExit(f"error: {group} mixes runs finetuned from different agents ({hashes}); remove the "
+                             f"runs of the agent you do not want")
+    if not args.dry_run:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(grid, indent=2))
+
+
+def agent_check(group: Path, runs: list[Run]) -> str | None:
+    """After pretraining: the agent must be the one the group's existing finetuning runs started from."""
+    agent = weights_sha256(group / "pretrain" / "checkpoint.pt")
+    for r in runs[1:]:
+        if (r.dir / "args.json").exists():
+            used = json.loads((r.dir / "args.json").read_text()).get("checkpoint_sha256")
+            if used != agent:
+                return (f"{group}: the pretrained agent (sha256 {agent[:12]}) differs from the one {r.name} was "
+                        f"finetuned from ({str(used)[:12]}), e.g. pretrained on another kind of machine; remove "
+                        f"those runs or pretrain where they were made")
+    return None
+
+
+def run_local(args: Args, groups: dict[Path, list[Run]]) -> int:
+    """A pool of --workers subprocesses; a group's finetuning runs start once its agent is pretrained."""
+    workers = args.workers or os.cpu_count() or 1
+    logs = Path(args.out) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    ready, waiting, failed, durations = [], {}, [], []
+    n_done = 0
+    for group, runs in groups.items():
+        todo = [r for r in runs[1:] if not finished(r, args)]
+        n_done += len(runs) - 1 - len(todo)
+        if not todo:
+            continue
+        if finished(runs[0], args):
+            problem = agent_check(group, runs)
+            if problem:
+                raise SystemExit(f"error: {problem}")
+            ready += todo
+        else:
+            ready.append(runs[0])
+            waiting[group] = todo
+    total = sum(len(runs) - 1 for runs in groups.values())
+    print(f"sweep: {total} finetuning runs, {n_done} already finished; {workers} workers", flush=True)
+    running = {}  # Popen -> (run, start time)
+    while ready or running:
+        while ready and len(running) < workers:
+            run = ready.pop(0)
+            how = "resuming" if (run.dir / "args.json").exists() else "starting"
+            print(f"sweep: {how} {run.dir}", flush=True)
+            log = open(logs / f"{run.dir.relative_to(args.out).as_posix().replace('/', '__')}.log", "a")
+            running[subprocess.Popen(run.command(), stdout=log, stderr=subprocess.STDOUT)] = (run, time.time())
+        time.sleep(0.5)
+        for proc in [p for p in running if p.poll() is not None]:
+            run, t0 = running.pop(proc)
+            if proc.returncode != 0:
+                failed.append(run)
+                print(f"sweep: FAILED {run.dir} (exit {proc.returncode}; log in {logs})", flush=True)
+                for r in waiting.pop(run.group, []):  # its finetuning runs cannot start
+                    failed.append(r)
+                continue
+            if run.name == "pretrain":
+                problem = agent_check(run.group, groups[run.group])
+                if problem:
+                    print(f"sweep: FAILED {problem}", flush=True)
+                    failed += waiting.pop(run.group, [])
+                    continue
+                ready += waiting.pop(run.group, [])
+                continue
+            n_done += 1
+            durations.append(time.time() - t0)
+            busy = len([r for r, _ in running.values() if r.name != "pretrain"])
+            left = total - n_done - busy - len([f for f in failed if f.name != "pretrain"])
+            eta = sum(durations) / len(durations) * (left + busy) / workers / 60
+            print(f"sweep: {n_done} done / {busy} running / {left} left | ETA {eta:.0f} min", flush=True)
+    if failed:
+        print(f"sweep: {len(failed)} run(s) failed or could not start: {', '.join(str(r.dir) for r in failed)}")
+        return 1
+    print(f"sweep: all {total} finetuning runs finished in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args, description=__doc__.split("\n\n")[0])
+    groups = plan(args)
+    check_grid(args, groups)
+    if args.dry_run:
+        for runs in groups.values():
+            for r in runs:
+                print(("done: " if finished(r, args) else "") + shlex.join(r.command()))
+        raise SystemExit(0)
+    if args.launcher == "slurm":
+        raise SystemExit("error: --launcher slurm is not available yet")
+    raise SystemExit(run_local(args, groups))

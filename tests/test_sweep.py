@@ -1,0 +1,141 @@
+"""scripts/sweep.py with the local launcher on the tiny dataset: layout, one agent per (dataset, seed), rerun redoes
+nothing, an interrupted sweep resumes to the files of an uninterrupted one, agents are never mixed, bad grids."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT, TINY_ID, read_metrics
+
+import td3_bc
+
+SWEEP = ROOT / "scripts" / "sweep.py"
+GRID = ["--methods", "naive_ft", "conservative_ft", "--dataset-ids", TINY_ID, "--seeds", "0", "1",
+        "--offline-steps", "100", "--online-steps", "200", "--eval-every", "100", "--workers", "2"]
+RUNS = ("naive_ft", "conservative_ft")
+
+
+def sweep(*argv, check=True):
+    proc = subprocess.run([sys.executable, str(SWEEP), *argv], capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sweep failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def group(out, seed):
+    return out / TINY_ID.replace("/", "-") / f"seed{seed}"
+
+
+def run_files(out):
+    """Every run's small files, wall-clock columns dropped: what a sweep's tables are made of."""
+    files = {}
+    for seed in (0, 1):
+        for name in RUNS:
+            d = group(out, seed) / name
+            files[(seed, name)] = (read_metrics(d / "metrics.csv"), (d / "episodes.csv").read_text(),
+                                   (d / "summary.json").read_text())
+    return files
+
+
+@pytest.fixture(scope="module")
+def whole(minari_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "whole"
+    proc = sweep(*GRID, "--out", str(out))
+    return out, proc.stdout
+
+
+def test_layout_agents_and_rerun(whole):
+    out, stdout = whole
+    assert "sweep: all 4 finetuning runs finished" in stdout
+    agents = []
+    for seed in (0, 1):
+        g = group(out, seed)
+        assert sorted(p.name for p in g.iterdir()) == ["conservative_ft", "naive_ft", "pretrain"]
+        agent = td3_bc.weights_sha256(torch.load(g / "pretrain" / "checkpoint.pt", weights_only=False))
+        agents.append(agent)
+        for name in RUNS:
+            info = json.loads((g / name / "args.json").read_text())
+            assert info["checkpoint_sha256"] == agent  # both methods start from the group's agent
+            assert info["args"]["seed"] == seed and info["args"]["threads"] == 1
+            assert info["args"]["online_steps"] == 200 and info["args"]["offline_steps"] == 0
+    assert agents[0] != agents[1]  # seeds vary the pretrained agent too
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and "logs" not in p.parts}
+    again = sweep(*GRID, "--out", str(out))
+    assert "4 finetuning runs, 4 already finished" in again.stdout and "starting" not in again.stdout
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and "logs" not in p.parts}
+    assert after == {**before, out / "sweep.json": after[out / "sweep.json"]}
+
+
+def test_interrupted_sweep_resumes_to_the_same_files(whole, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(SWEEP), *GRID, "--out", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not any((group(out, s) / n / "summary.json").exists() for s in (0, 1) for n in RUNS):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and every run it started
+    proc.wait()
+    done = {(s, n): (group(out, s) / n / "metrics.csv").read_bytes() for s in (0, 1) for n in RUNS
+            if (group(out, s) / n / "summary.json").exists()}
+    assert 0 < len(done) < 4
+    rerun = sweep(*GRID, "--out", str(out))
+    assert f"{len(done)} already finished" in rerun.stdout and "resuming" in rerun.stdout
+    for (s, n), metrics in done.items():  # finished runs untouched
+        assert (group(out, s) / n / "metrics.csv").read_bytes() == metrics
+    assert run_files(out) == run_files(whole[0])
+
+
+def test_a_missing_agent_is_pretrained_again_and_must_match(whole, tmp_path):
+    """As in a fresh checkout of committed run files: no checkpoints. Removing one finished run makes the sweep
+    pretrain the agent again (same seed, same machine: same weights) and redo only that run."""
+    out = tmp_path / "copy"
+    shutil.copytree(whole[0], out)
+    for p in out.rglob("*.pt"):
+        p.unlink()
+    shutil.rmtree(group(out, 1) / "naive_ft")
+    proc = sweep(*GRID, "--out", str(out))
+    assert "3 already finished" in proc.stdout and f"resuming {group(out, 1) / 'pretrain'}" in proc.stdout
+    assert run_files(out) == run_files(whole[0])
+    # a run finetuned from another agent is refused
+    info = json.loads((group(out, 0) / "naive_ft" / "args.json").read_text())
+    info["checkpoint_sha256"] = "0" * 64
+    (group(out, 0) / "naive_ft" / "args.json").write_text(json.dumps(info))
+    proc = sweep(*GRID, "--out", str(out), check=False)
+    assert proc.returncode != 0 and proc.stderr.strip().startswith(f"error: {group(out, 0)} mixes runs finetuned "
+                                                                   f"from different agents")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "naive_ft", "sac"], "error: unknown method(s) ['sac']; choose from td3_bc, naive_ft"),
+    (["--dataset-ids", "test/none/missing-v0"], "error: dataset(s) test/none/missing-v0 not found under"),
+    (["--variant", "x=--no-such-flag"], "error: --variant x='--no-such-flag': no listed method accepts --no-such-flag"),
+    (["--variant", "bad name=--seed 1"], "error: --variant 'bad name=--seed 1': expected NAME=FLAGS"),
+    (["--method-flags", "td3_bc=--alpha 1"], "error: --method-flags for ['td3_bc'], which is not among --methods"),
+    (["--online-steps", "300"], "was made by a grid with --online-steps 200, not 300; choose another --out"),
+])
+def test_bad_grids_fail_before_anything_runs(whole, argv, message):
+    out = whole[0]
+    before = sorted(str(p) for p in out.rglob("*"))
+    proc = sweep(*GRID, "--out", str(out), *argv, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and message in lines[0], proc.stderr
+    assert sorted(str(p) for p in out.rglob("*")) == before
+
+
+def test_variants_apply_where_accepted(minari_root, tmp_path):
+    proc = sweep("--methods", "naive_ft", "td3_bc", "--dataset-ids", TINY_ID, "--seeds", "0", "--out",
+                 str(tmp_path / "v"), "--variant", "reset=--reset-optimizers", "--variant", "half=--offline-ratio 0.5",
+                 "--method-flags", "naive_ft=--expl-noise 0.2", "--dry-run")
+    lines = proc.stdout.splitlines()
+    assert "sweep: variant reset skipped for td3_bc (its --help lacks --reset-optimizers)" in lines
+    cmds = {line.split("--run-name ")[1]: line for line in lines if "--run-name" in line}
+    assert sorted(cmds) == ["naive_ft", "naive_ft-half", "naive_ft-reset", "pretrain", "td3_bc", "td3_bc-half"]
+    assert "--reset-optimizers" in cmds["naive_ft-reset"] and "--offline-ratio 0.5" in cmds["td3_bc-half"]
+    assert all("--expl-noise 0.2" in c for n, c in cmds.items() if n.startswith("naive_ft"))
+    assert "--expl-noise" not in cmds["td3_bc"] and not (tmp_path / "v").exists()
