@@ -266,7 +266,7 @@ def run_local(args: Args, groups: dict[Path, list[Run]]) -> int:
                     print(f"sweep: FAILED {problem}", flush=True)
                     failed += waiting.pop(run.group, [])
                     continue
-                ready += waiting.pop(run.group, [])
+                ready = waiting.pop(run.group, []) + ready  # its runs first: a group finishes before the next starts
                 continue
             n_done += 1
             durations.append(time.time() - t0)
@@ -281,6 +281,63 @@ def run_local(args: Args, groups: dict[Path, list[Run]]) -> int:
     return 0
 
 
+def run_slurm(args: Args, groups: dict[Path, list[Run]]) -> int:
+    """The same runs as Slurm jobs through submitit: the pretraining runs as one job array, the finetuning runs as a
+    second array that starts once all of the first succeeded (a failed pretraining cancels it: rerun the sweep).
+    Waits for the jobs, reading their state from squeue and their result from the run files (no sacct needed)."""
+    try:
+        import submitit
+        from submitit.helpers import CommandFunction
+    except ImportError:
+        raise SystemExit('error: --launcher slurm needs submitit: pip install -e ".[sweep]"') from None
+    pre, todo = [], []
+    for group, runs in groups.items():
+        ft = [r for r in runs[1:] if not finished(r, args)]
+        if ft and finished(runs[0], args) and agent_check(group, runs):
+            raise SystemExit(f"error: {agent_check(group, runs)}")
+        pre += [runs[0]] if ft and not finished(runs[0], args) else []
+        todo += ft
+    total = sum(len(runs) - 1 for runs in groups.values())
+    print(f"sweep: {total} finetuning runs, {total - len(todo)} already finished; Slurm", flush=True)
+    if not todo:
+        print(f"sweep: all {total} finetuning runs finished in {args.out}")
+        return 0
+    ex = submitit.AutoExecutor(folder=Path(args.out) / "logs" / "slurm" / "%j", cluster="slurm")
+    params = {"timeout_min": args.slurm_time, "cpus_per_task": 1, "name": "sweep"}
+    params.update({"slurm_partition": args.slurm_partition} if args.slurm_partition else {})
+    params.update({"slurm_gpus_per_node": args.slurm_gpus_per_job} if args.slurm_gpus_per_job else {})
+    ex.update_parameters(**params, slurm_additional_parameters={"kill-on-invalid-dep": "yes"})
+    with ex.batch():
+        pre_jobs = [ex.submit(CommandFunction(r.command(), cwd=os.getcwd())) for r in pre]
+    if pre_jobs:
+        array_id = pre_jobs[0].job_id.split("_")[0]
+        ex.update_parameters(slurm_additional_parameters={"kill-on-invalid-dep": "yes", "dependency": f"afterok:{array_id}"})
+    with ex.batch():
+        ft_jobs = [ex.submit(CommandFunction(r.command(), cwd=os.getcwd())) for r in todo]
+    print(f"sweep: submitted {len(pre_jobs)} pretraining and {len(ft_jobs)} finetuning jobs "
+          f"({', '.join(sorted({j.job_id.split('_')[0] for j in pre_jobs + ft_jobs}))})", flush=True)
+    waiting, failed, n_done = dict(zip(pre_jobs + ft_jobs, pre + todo)), [], total - len(todo)
+    while waiting:
+        time.sleep(2)
+        queued = set(subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout.split())
+        for job in [j for j in waiting if j.job_id not in queued]:  # the job has ended: its files tell how
+            run = waiting.pop(job)
+            problem = None if finished(run, args) else f"job {job.job_id} ended without finishing {run.dir}"
+            problem = problem or (agent_check(run.group, groups[run.group]) if run.name == "pretrain" else None)
+            if problem:
+                failed.append(run)
+                print(f"sweep: FAILED {problem} (logs in {Path(args.out) / 'logs' / 'slurm'})", flush=True)
+            elif run.name != "pretrain":
+                n_done += 1
+                print(f"sweep: {n_done} done / {len([r for r in waiting.values() if r.name != 'pretrain'])} queued "
+                      f"or running", flush=True)
+    if failed:
+        print(f"sweep: {len(failed)} run(s) failed: {', '.join(str(r.dir) for r in failed)}")
+        return 1
+    print(f"sweep: all {total} finetuning runs finished in {args.out}")
+    return 0
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__.split("\n\n")[0])
     groups = plan(args)
@@ -290,6 +347,4 @@ if __name__ == "__main__":
             for r in runs:
                 print(("done: " if finished(r, args) else "") + shlex.join(r.command()))
         raise SystemExit(0)
-    if args.launcher == "slurm":
-        raise SystemExit("error: --launcher slurm is not available yet")
-    raise SystemExit(run_local(args, groups))
+    raise SystemExit(run_slurm(args, groups) if args.launcher == "slurm" else run_local(args, groups))

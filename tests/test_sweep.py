@@ -16,7 +16,7 @@ import td3_bc
 
 SWEEP = ROOT / "scripts" / "sweep.py"
 GRID = ["--methods", "naive_ft", "conservative_ft", "--dataset-ids", TINY_ID, "--seeds", "0", "1",
-        "--offline-steps", "100", "--online-steps", "200", "--eval-every", "100", "--workers", "2"]
+        "--offline-steps", "50", "--online-steps", "100", "--eval-every", "50", "--workers", "2"]
 RUNS = ("naive_ft", "conservative_ft")
 
 
@@ -62,7 +62,7 @@ def test_layout_agents_and_rerun(whole):
             info = json.loads((g / name / "args.json").read_text())
             assert info["checkpoint_sha256"] == agent  # both methods start from the group's agent
             assert info["args"]["seed"] == seed and info["args"]["threads"] == 1
-            assert info["args"]["online_steps"] == 200 and info["args"]["offline_steps"] == 0
+            assert info["args"]["online_steps"] == 100 and info["args"]["offline_steps"] == 0
     assert agents[0] != agents[1]  # seeds vary the pretrained agent too
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and "logs" not in p.parts}
     again = sweep(*GRID, "--out", str(out))
@@ -117,7 +117,7 @@ def test_a_missing_agent_is_pretrained_again_and_must_match(whole, tmp_path):
     (["--variant", "x=--no-such-flag"], "error: --variant x='--no-such-flag': no listed method accepts --no-such-flag"),
     (["--variant", "bad name=--seed 1"], "error: --variant 'bad name=--seed 1': expected NAME=FLAGS"),
     (["--method-flags", "td3_bc=--alpha 1"], "error: --method-flags for ['td3_bc'], which is not among --methods"),
-    (["--online-steps", "300"], "was made by a grid with --online-steps 200, not 300; choose another --out"),
+    (["--online-steps", "300"], "was made by a grid with --online-steps 100, not 300; choose another --out"),
 ])
 def test_bad_grids_fail_before_anything_runs(whole, argv, message):
     out = whole[0]
@@ -139,3 +139,35 @@ def test_variants_apply_where_accepted(minari_root, tmp_path):
     assert "--reset-optimizers" in cmds["naive_ft-reset"] and "--offline-ratio 0.5" in cmds["td3_bc-half"]
     assert all("--expl-noise 0.2" in c for n, c in cmds.items() if n.startswith("naive_ft"))
     assert "--expl-noise" not in cmds["td3_bc"] and not (tmp_path / "v").exists()
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A real single-node Slurm (munged, slurmctld, slurmd) started by scripts/local_slurm.sh, stopped after."""
+    if os.geteuid() != 0:
+        pytest.skip("the local Slurm daemons need root")
+    missing = [e for e in ("munged", "slurmctld", "slurmd", "sinfo", "squeue", "sbatch") if shutil.which(e) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (apt-get install slurm-wlm munge; .ci/run does this as root)")
+    pytest.importorskip("submitit", reason="the Slurm launcher needs submitit (pip install -e '.[sweep]')")
+    state = tmp_path_factory.mktemp("slurm")
+    script = ROOT / "scripts" / "local_slurm.sh"
+    proc = subprocess.run(["bash", str(script), "start", str(state)], capture_output=True, text=True, timeout=120)
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(state / "slurm.conf")
+    try:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        yield state
+    finally:
+        subprocess.run(["bash", str(script), "stop", str(state)], timeout=60)
+        os.environ.pop("SLURM_CONF") if old is None else os.environ.__setitem__("SLURM_CONF", old)
+
+
+def test_slurm_launcher_gives_the_same_runs(whole, slurm, tmp_path):
+    out = tmp_path / "slurm_sweep"
+    proc = sweep(*GRID, "--out", str(out), "--launcher", "slurm")
+    assert "submitted 2 pretraining and 4 finetuning jobs" in proc.stdout
+    assert "sweep: all 4 finetuning runs finished" in proc.stdout
+    assert run_files(out) == run_files(whole[0])
+    again = sweep(*GRID, "--out", str(out), "--launcher", "slurm")
+    assert "4 already finished" in again.stdout and "submitted" not in again.stdout
