@@ -3,6 +3,8 @@
     pip install -e ".[plot]"            # matplotlib, only for the PNGs
     python scripts/report.py            # rewrites the generated blocks of benchmarks.md and the PNGs
 
+    python scripts/report.py benchmarks/sweeps/main   # a sweep's tables and curves (scripts/sweep.py --out DIR)
+
 Layout it reads (copied from run directories with `--collect`; checkpoints are never committed):
     benchmarks/td3_bc/<dataset>/seed<S>/{args.json, metrics.csv}
     benchmarks/finetune/<dataset>/<method>_s<S>/{args.json, metrics.csv, episodes.csv, summary.json}
@@ -58,24 +60,66 @@ def td3_bc_block(dataset_dir: Path) -> str:
     return "\n".join(out)
 
 
-def finetune_block(dataset_dir: Path) -> str:
-    rows = ["| method | seeds | step-0 score | lowest score (first 50k) | dip | recovery steps (per seed) "
+def finetune_row(label: str, runs: list[Path]) -> str | None:
+    """One method over seeds: mean ± sd of the collapse summary, recovery per seed, mean score after step 0."""
+    runs = [r for r in runs if (r / "summary.json").exists()]
+    if not runs:
+        return None
+    summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
+    rec = ", ".join("never" if s["recovery_steps"] is None else f"{s['recovery_steps']:,}" for s in summaries)
+    # the average of all evaluations after step 0: area under the learning curve, i.e. sample efficiency
+    area = [statistics.mean(v for t, v in evals(read_csv(r / "metrics.csv"), "online") if t > 0) for r in runs]
+    last = read_csv(runs[0] / "metrics.csv")[-1]
+    updates = int(last["updates"]) if last.get("updates") else summaries[0]["final_step"]  # else 1 per step
+    return (f"| {label} | {len(summaries)} | {mean_sd([s['step0_score'] for s in summaries])} | "
+            f"{mean_sd([s['min_score_in_window'] for s in summaries])} | {mean_sd([s['dip'] for s in summaries])} "
+            f"| {rec} | {mean_sd(area)} | {mean_sd([s['final_score'] for s in summaries])} | {updates:,} "
+            f"| {statistics.mean(float(read_csv(r / 'metrics.csv')[-1]['elapsed_s']) for r in runs) / 60:.0f} min |")
+
+
+def finetune_header(window: str) -> list[str]:
+    return [f"| method | seeds | step-0 score | lowest score (first {window}) | dip | recovery steps (per seed) "
             "| mean score after step 0 | final score | updates | wall time |", "|---" * 10 + "|"]
-    for method, label in METHODS.items():
-        runs = sorted(dataset_dir.glob(f"{method}_s*"))
-        summaries = [json.loads((r / "summary.json").read_text()) for r in runs if (r / "summary.json").exists()]
-        if not summaries:
-            continue
-        rec = ", ".join("never" if s["recovery_steps"] is None else f"{s['recovery_steps']:,}" for s in summaries)
-        # the average of all evaluations after step 0: area under the learning curve, i.e. sample efficiency
-        area = [statistics.mean(v for t, v in evals(read_csv(r / "metrics.csv"), "online") if t > 0) for r in runs]
-        last = read_csv(runs[0] / "metrics.csv")[-1]
-        updates = int(last["updates"]) if last.get("updates") else summaries[0]["final_step"]  # else 1 per step
-        rows.append(f"| {label} | {len(summaries)} | {mean_sd([s['step0_score'] for s in summaries])} | "
-                    f"{mean_sd([s['min_score_in_window'] for s in summaries])} | {mean_sd([s['dip'] for s in summaries])} "
-                    f"| {rec} | {mean_sd(area)} | {mean_sd([s['final_score'] for s in summaries])} | {updates:,} "
-                    f"| {statistics.mean(float(read_csv(r / 'metrics.csv')[-1]['elapsed_s']) for r in runs) / 60:.0f} min |")
-    return "\n".join(rows)
+
+
+def finetune_block(dataset_dir: Path) -> str:
+    rows = [finetune_row(label, sorted(dataset_dir.glob(f"{method}_s*"))) for method, label in METHODS.items()]
+    return "\n".join(finetune_header("50k") + [r for r in rows if r])
+
+
+def sweep_runs(dataset_dir: Path) -> dict[str, list[Path]]:
+    """A sweep's runs of one dataset, {method[-variant]: [run dir per seed]} (methods in METHODS order)."""
+    runs = {}
+    for d in sorted(dataset_dir.glob("seed*/*"), key=lambda d: (int(d.parent.name[4:]), d.name)):
+        if d.is_dir() and d.name != "pretrain":
+            runs.setdefault(d.name, []).append(d)
+    order = list(METHODS)
+    return dict(sorted(runs.items(), key=lambda kv: (order.index(kv[0].split("-")[0]), kv[0])))
+
+
+def sweep_block(dataset_dir: Path) -> str:
+    """The finetuning table of one dataset of a sweep (finished runs only), then per-seed values, then the
+    command that made it (from the sweep's sweep.json)."""
+    runs = sweep_runs(dataset_dir)
+    windows = {json.loads((r / "summary.json").read_text())["collapse_window"] for rs in runs.values() for r in rs
+               if (r / "summary.json").exists()}
+    label = lambda name: METHODS[name.split("-")[0]] + (f" [{name.split('-', 1)[1]}]" if "-" in name else "")  # noqa
+    rows = [finetune_row(label(name), rs) for name, rs in runs.items()]
+    out = finetune_header("/".join(f"{w // 1000}k" for w in sorted(windows)) or "window") + [r for r in rows if r]
+    seeds = sorted({r.parent.name for rs in runs.values() for r in rs}, key=lambda s: int(s[4:]))
+    out += ["", "Per seed, mean score after step 0 / final score (– : not finished):", "",
+            "| method | " + " | ".join(seeds) + " |", "|---" * (len(seeds) + 1) + "|"]
+    for name, rs in runs.items():
+        cells = {}
+        for r in rs:
+            if (r / "summary.json").exists():
+                ev = evals(read_csv(r / "metrics.csv"), "online")
+                cells[r.parent.name] = f"{statistics.mean(v for t, v in ev if t > 0):.1f} / {ev[-1][1]:.1f}"
+        out.append(f"| {label(name)} | " + " | ".join(cells.get(s, "–") for s in seeds) + " |")
+    grid = json.loads((dataset_dir.parent / "sweep.json").read_text()) if (dataset_dir.parent / "sweep.json").exists() else {}
+    if grid.get("command"):
+        out += ["", f"Made by `{grid['command']}` (stand-in data where the id says standin)."]
+    return "\n".join(out)
 
 
 def diagnostics_block(dataset_dir: Path, steps=(2500, 10000, 50000)) -> str:
@@ -111,15 +155,18 @@ def online_share_block(dataset_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def finetune_plot(dataset_dir: Path, png: Path) -> None:
+def finetune_plot(dataset_dir: Path, png: Path, runs: dict[str, list[Path]] | None = None) -> None:
+    """Learning curves: mean over seeds with the min-max band; `runs` {label: run dirs} (default: the
+    benchmarks/finetune layout)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for method, label in METHODS.items():
-        curves = [evals(read_csv(r / "metrics.csv"), "online") for r in sorted(dataset_dir.glob(f"{method}_s*"))]
+    runs = runs or {label: sorted(dataset_dir.glob(f"{method}_s*")) for method, label in METHODS.items()}
+    for label, dirs in runs.items():
+        curves = [evals(read_csv(r / "metrics.csv"), "online") for r in dirs if (r / "summary.json").exists()]
         curves = [c for c in curves if c]
         if not curves:
             continue
@@ -175,6 +222,8 @@ if __name__ == "__main__":
     p.add_argument("--collect", nargs=2, metavar=("RUN_DIR", "DEST"), help="copy a run's small files to DEST first")
     p.add_argument("--hash", metavar="CHECKPOINT", help="print the weight hash of a checkpoint and exit")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs (no matplotlib needed)")
+    p.add_argument("sweep", nargs="?", help="a scripts/sweep.py --out directory: fill its blocks "
+                   "<!-- report:sweep/<dir name>/<dataset> --> (or print the tables) and draw its curves")
     a = p.parse_args()
     if a.hash:
         print(checkpoint_hash(Path(a.hash)))
@@ -183,6 +232,19 @@ if __name__ == "__main__":
         collect(Path(a.collect[0]), Path(a.collect[1]))
         raise SystemExit(0)
     md = (BENCH.parent / "benchmarks.md").read_text()
+    if a.sweep:
+        for d in sorted(p for p in Path(a.sweep).iterdir() if p.is_dir() and p.name != "logs"):
+            name, body = f"sweep/{Path(a.sweep).name}/{d.name}", sweep_block(d)
+            if f"<!-- report:{name} -->" in md:
+                md = replace_block(md, name, body)
+            else:
+                print(f"{name} (no block in benchmarks.md):\n{body}\n")
+            if not a.no_plots:
+                label = lambda n: METHODS[n.split("-")[0]] + (f" [{n.split('-', 1)[1]}]" if "-" in n else "")  # noqa
+                finetune_plot(d, BENCH / f"sweep_{Path(a.sweep).name}_{d.name}.png",
+                              {label(n): rs for n, rs in sweep_runs(d).items()})
+        (BENCH.parent / "benchmarks.md").write_text(md)
+        raise SystemExit(0)
     for d in sorted((BENCH / "td3_bc").glob("*")):
         if f"<!-- report:td3_bc/{d.name} -->" in md:
             md = replace_block(md, f"td3_bc/{d.name}", td3_bc_block(d))

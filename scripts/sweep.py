@@ -183,7 +183,7 @@ def plan(args: Args) -> dict[Path, list[Run]]:
 def check_grid(args: Args, groups: dict[Path, list[Run]]) -> None:
     """An --out made by a different grid is an error: every run setting must agree with OUT/sweep.json."""
     out = Path(args.out)
-    grid = {"offline_steps": args.offline_steps, "online_steps": args.online_steps, "eval_every": args.eval_every,
+    grid = {"command": shlex.join(["python", "scripts/sweep.py", *sys.argv[1:]]), "offline_steps": args.offline_steps, "online_steps": args.online_steps, "eval_every": args.eval_every,
             "runs": {str(r.dir.relative_to(out)): r.flags for runs in groups.values() for r in runs}}
     path = out / "sweep.json"
     if path.exists():

@@ -76,3 +76,26 @@ def test_online_share_block(tmp_path):
     assert lines[3] == "| w on online batches | 2 | 4.5 |"
     assert lines[4] == "| w on offline batches | 1 | 0.5 |"
     assert report.online_share_block(tmp_path / "nothing") == "(no balanced replay runs yet)"
+
+
+def test_sweep_block_tables_per_seed_and_command(tmp_path):
+    """report.py DIR: the finetuning table of a sweep's dataset over seeds (finished runs only), per-seed values
+    and the sweep command."""
+    ds = tmp_path / "main" / "standin-hopper-medium-v0"
+    summary = {"min_score_in_window": 10.0, "collapse_window": 100000, "final_step": 10, "recovery_steps": None}
+    for seed, (s0, mid, fin) in enumerate([(50.0, 20.0, 30.0), (60.0, 40.0, 70.0)]):
+        write_run(ds / f"seed{seed}" / "naive_ft", [("online", 0, "", s0, 1), ("online", 5, "", mid, 1),
+                                                    ("online", 10, "", fin, 1)],
+                  dict(summary, step0_score=s0, dip=s0 - mid, final_score=fin))
+        write_run(ds / f"seed{seed}" / "pretrain", [("offline", 10, 0.1, s0, 1)])
+    write_run(ds / "seed0" / "naive_ft-reset", [("online", 0, "", 50.0, 1), ("online", 5, "", 45.0, 1)],
+              dict(summary, step0_score=50.0, dip=5.0, final_score=45.0))
+    write_run(ds / "seed1" / "naive_ft-reset", [("online", 0, "", 60.0, 1)])  # unfinished: no summary
+    (tmp_path / "main" / "sweep.json").write_text(json.dumps({"command": "python scripts/sweep.py --seeds 0 1"}))
+    lines = report.sweep_block(ds).splitlines()
+    assert lines[0].startswith("| method | seeds | step-0 score | lowest score (first 100k) |")
+    assert lines[2].startswith("| naive TD3 finetuning | 2 | 55.0 ± 7.1 |") and "| 40.0 ± 21.2 | 50.0 ± 28.3 |" in lines[2]
+    assert lines[3].startswith("| naive TD3 finetuning [reset] | 1 | 50.0 |")
+    assert "| naive TD3 finetuning | 25.0 / 30.0 | 55.0 / 70.0 |" in lines  # per seed: mean after step 0 / final
+    assert "| naive TD3 finetuning [reset] | 45.0 / 45.0 | – |" in lines
+    assert lines[-1] == "Made by `python scripts/sweep.py --seeds 0 1` (stand-in data where the id says standin)."

@@ -167,7 +167,11 @@ def test_resume_flags_must_agree_with_args_json(finished, tmp_path, flag, value,
                           capture_output=True, text=True)
     assert proc.returncode != 0 and proc.stderr.strip().startswith(
         f"error: {flag} {value or 'True'} contradicts the resumed run's args.json ({saved})"), proc.stderr
-    # the same value as the run's is fine (and the finished run stays as it was)
+
+
+def test_resume_flags_equal_to_args_json_are_fine(finished, tmp_path):
+    """The same values as the run's are no contradiction (and the finished run stays as it was)."""
+    run = broken_copy(finished, tmp_path, lambda r: None)
     ok = subprocess.run([sys.executable, str(ALGOS / "naive_ft.py"), "--resume", str(run), "--seed", "0",
                          "--threads", "1"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
