@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-import mujoco
 import numpy as np
 import torch
 import torch.nn as nn
@@ -360,34 +359,31 @@ def save_online_rows(path: Path, replay, n_off: int, capacity: int, first: int, 
         os.fsync(f.fileno())
 
 
-def load_online_rows(path: Path, replay, n_off: int, capacity: int, n_on: int) -> None:
+def load_online_rows(path: Path, replay, n_off: int, capacity: int, n_on: int) -> np.ndarray:
     """Put the first n_on transitions of the row file back into the replay table, dropping any rows after them."""
     size = n_on * replay.shape[1] * 4
     if not path.exists() or path.stat().st_size < size:
         raise SystemExit(f"error: {path} holds fewer than the {n_on} online rows its checkpoint records: the run "
                          f"directory is incomplete")
     os.truncate(path, size)
-    rows = torch.from_numpy(np.fromfile(path, dtype=np.float32).reshape(n_on, replay.shape[1]))
+    rows = np.fromfile(path, dtype=np.float32).reshape(n_on, replay.shape[1])
     lo = max(0, n_on - capacity)
-    replay[n_off + torch.arange(lo, n_on, device=replay.device) % capacity] = rows[lo:].to(replay.device)
+    replay[n_off + torch.arange(lo, n_on, device=replay.device) % capacity] = torch.from_numpy(rows[lo:]).to(replay.device)
+    return rows
 
 
-def env_state(env) -> dict:
-    """The online env mid-episode: MuJoCo's whole integration state (qpos/qvel alone miss the warm-start
-    accelerations), the time limit's step count and the reset RNG."""
-    u, spec = env.unwrapped, mujoco.mjtState.mjSTATE_INTEGRATION
-    sim = np.empty(mujoco.mj_stateSize(u.model, spec))
-    mujoco.mj_getState(u.model, u.data, sim, spec)
-    return {"mujoco": sim, "elapsed_steps": env.get_wrapper_attr("_elapsed_steps"),
-            "np_random": u.np_random.bit_generator.state}
-
-
-def restore_env_state(env, state: dict) -> None:
-    env.reset()  # the order-enforcing wrapper wants a reset first
-    u = env.unwrapped
-    mujoco.mj_setState(u.model, u.data, state["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
-    env.set_wrapper_attr("_elapsed_steps", state["elapsed_steps"])
-    u.np_random.bit_generator.state = state["np_random"]
+def replay_episode(env, seed: int, reset_state: dict | None, actions: np.ndarray) -> np.ndarray:
+    """The online env mid-episode, rebuilt exactly: reset it as the episode was reset (the first with --seed, later
+    ones from the env's RNG state just before their reset), then step through the episode's actions. Any env whose
+    dynamics are deterministic given its RNG comes back, including state outside the simulator (MuJoCo's warm-start
+    accelerations, targets drawn at reset, the time limit's step count). Returns the last observation."""
+    obs, _ = env.reset(seed=seed)
+    if reset_state is not None:
+        env.unwrapped.np_random.bit_generator.state = reset_state
+        obs, _ = env.reset()
+    for a in actions:
+        obs, *_ = env.step(a)
+    return obs
 
 
 def run_metadata(device: torch.device) -> dict:
@@ -544,12 +540,13 @@ if __name__ == "__main__":
                     "diagnostics": diag_gen.get_state()},
             "run": {"files": {n: (run_dir / n).stat().st_size for n in ("metrics.csv", "episodes.csv")},
                     "evals": evals, "n_on": n_on, "elapsed_s": time.perf_counter() - start,
-                    "env": env_state(env) if phase == "online" else None, "obs": obs_t,
+                    "reset_state": reset_state, "obs": obs_t,
                     "episode": (ep_return, ep_len, recent_returns)}})
         last_checkpoint = f"{phase} step {step}"
 
     sums, counts, evals, last_checkpoint = {}, {}, [], None
     obs_t, ep_return, ep_len, recent_returns = None, 0.0, 0, []  # online: normalized s on the device, episode so far
+    reset_state = None  # the env RNG state before the current episode's reset (None: the first, seeded reset)
     diag_gen = torch.Generator(device=device).manual_seed(args.seed)  # diagnostics never touch the training RNG
     off_done, on_done = 0, None  # steps already done in each phase (None: the online phase has not begun)
     if state:  # --resume: the rest of the state the checkpoint holds; the RNGs last, right before the loop
@@ -558,8 +555,11 @@ if __name__ == "__main__":
         evals, n_on, rows_saved = run["evals"], run["n_on"], run["n_on"]
         if phase == "online":
             on_done, obs_t, (ep_return, ep_len, recent_returns) = state["step"], run["obs"].to(device), run["episode"]
-            load_online_rows(rows_file, replay, n_off, capacity, n_on)
-            restore_env_state(env, run["env"])
+            rows, reset_state = load_online_rows(rows_file, replay, n_off, capacity, n_on), run["reset_state"]
+            obs = replay_episode(env, args.seed, reset_state, rows[n_on - ep_len:, obs_dim:obs_dim + act_dim])
+            if not torch.equal(to_dev((obs - obs_mean) / obs_std), obs_t):  # exactness check of the replayed episode
+                raise SystemExit(f"error: --resume {run_dir}: replaying the current episode did not reproduce the "
+                                 f"checkpointed observation (is the env deterministic?); cannot resume exactly")
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -654,6 +654,7 @@ if __name__ == "__main__":
                 score = float(normalized_score(data.dataset, ep_return))
                 episodes.writerow([step, ep_return, ep_len, score])
                 recent_returns.append(ep_return)
+                reset_state = env.unwrapped.np_random.bit_generator.state  # how this episode starts (for --resume)
                 obs, _ = env.reset()
                 obs_t = to_dev((obs - obs_mean) / obs_std)
                 ep_return, ep_len = 0.0, 0

@@ -136,6 +136,12 @@ def _set(path, key, value):
         torch.save(d, path)
 
 
+def _shift_obs(run):
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    ckpt["run"]["obs"] += 1.0
+    torch.save(ckpt, run / "checkpoint.pt")
+
+
 @pytest.mark.parametrize("script, edit, message", [
     ("naive_ft.py", lambda r: shutil.rmtree(r), "no run there (no args.json)"),
     ("naive_ft.py", lambda r: (r / "args.json").write_text('{"args": {"se'), "its args.json is not valid JSON"),
@@ -149,6 +155,7 @@ def _set(path, key, value):
     ("naive_ft.py", lambda r: (r / "online_rows.f32").write_bytes(b"\0" * 64), "online rows its checkpoint records"),
     ("naive_ft.py", lambda r: (r / "metrics.csv").write_text("phase\n"), "is shorter than its checkpoint records"),
     ("naive_ft.py", lambda r: _set(r / "args.json", "args", {"no_such_flag": 1}), "does not fit this script's flags"),
+    ("naive_ft.py", _shift_obs, "replaying the current episode did not reproduce the checkpointed observation"),
 ])
 def test_resume_errors_are_one_line(finished, tmp_path, script, edit, message):
     run = broken_copy(finished, tmp_path, edit)

@@ -17,7 +17,7 @@ SHARED = {  # name -> the scripts that hold an identical copy
         "evaluate", "collapse_summary", "run_metadata",  # evaluation and run records
         "CHECKPOINT_FORMAT", "atomic_save", "load_checkpoint", "weights_sha256",  # checkpoints
         "load_run", "resume_args", "reopen", "save_online_rows", "load_online_rows",  # --resume
-        "env_state", "restore_env_state",  # the online env mid-episode
+        "replay_episode",  # the online env mid-episode
         "nan_guard",  # inside the main block
     )},
     **{name: ("td3_bc", "naive_ft", "conservative_ft") for name in ("replay_indices", "sample")},  # balanced replay
