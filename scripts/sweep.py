@@ -19,6 +19,8 @@ import json
 import os
 import re
 import shlex
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -221,6 +223,25 @@ def agent_check(group: Path, runs: list[Run]) -> str | None:
     return None
 
 
+def take_lock(out: Path) -> None:
+    """One sweep at a time per --out: OUT/sweep.lock names the sweep that runs (host, pid, and its Slurm jobs). A
+    lock whose local process is gone and whose jobs have left the queue is stale and taken over."""
+    path, host = out / "sweep.lock", socket.gethostname()
+    if path.exists():
+        try:
+            held = json.loads(path.read_text())
+        except ValueError:
+            held = {}
+        alive = held.get("host") == host and held.get("pid") and Path(f"/proc/{held['pid']}").exists()
+        queued = set(held.get("slurm_jobs", [])) & set(subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout.split()) \
+            if held.get("slurm_jobs") and shutil.which("squeue") else set()
+        if alive or queued or (held.get("host") not in (host, None)):
+            raise SystemExit(f"error: another sweep is running on {out} ({held}); wait for it (or scancel its jobs), "
+                             f"or delete {path} if you are sure none runs")
+    path.write_text(json.dumps({"host": host, "pid": os.getpid()}))
+
+
 def run_local(args: Args, groups: dict[Path, list[Run]]) -> int:
     """A pool of --workers subprocesses; a group's finetuning runs start once its agent is pretrained."""
     workers = args.workers or os.cpu_count() or 1
@@ -314,6 +335,8 @@ def run_slurm(args: Args, groups: dict[Path, list[Run]]) -> int:
         ex.update_parameters(slurm_additional_parameters={"kill-on-invalid-dep": "yes", "dependency": f"afterok:{array_id}"})
     with ex.batch():
         ft_jobs = [ex.submit(CommandFunction(r.command(), cwd=os.getcwd())) for r in todo]
+    lock = Path(args.out) / "sweep.lock"
+    lock.write_text(json.dumps({**json.loads(lock.read_text()), "slurm_jobs": [j.job_id for j in pre_jobs + ft_jobs]}))
     print(f"sweep: submitted {len(pre_jobs)} pretraining and {len(ft_jobs)} finetuning jobs "
           f"({', '.join(sorted({j.job_id.split('_')[0] for j in pre_jobs + ft_jobs}))})", flush=True)
     waiting, failed, n_done = dict(zip(pre_jobs + ft_jobs, pre + todo)), [], total - len(todo)
@@ -347,4 +370,7 @@ if __name__ == "__main__":
             for r in runs:
                 print(("done: " if finished(r, args) else "") + shlex.join(r.command()))
         raise SystemExit(0)
-    raise SystemExit(run_slurm(args, groups) if args.launcher == "slurm" else run_local(args, groups))
+    take_lock(Path(args.out))
+    status = run_slurm(args, groups) if args.launcher == "slurm" else run_local(args, groups)
+    (Path(args.out) / "sweep.lock").unlink()
+    raise SystemExit(status)

@@ -171,3 +171,15 @@ def test_slurm_launcher_gives_the_same_runs(whole, slurm, tmp_path):
     assert run_files(out) == run_files(whole[0])
     again = sweep(*GRID, "--out", str(out), "--launcher", "slurm")
     assert "4 already finished" in again.stdout and "submitted" not in again.stdout
+
+
+def test_one_sweep_at_a_time_per_out(whole):
+    out = whole[0]
+    (out / "sweep.lock").write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": os.getpid()}))
+    proc = sweep(*GRID, "--out", str(out), check=False)  # this test's process is alive: the lock holds
+    assert proc.returncode != 0 and proc.stderr.strip().startswith(f"error: another sweep is running on {out}")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (out / "sweep.lock").write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": dead.pid}))
+    proc = sweep(*GRID, "--out", str(out))  # a stale lock (its process is gone) is taken over
+    assert "4 already finished" in proc.stdout and not (out / "sweep.lock").exists()
