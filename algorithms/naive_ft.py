@@ -9,7 +9,8 @@ loss drops the behaviour-cloning term and simply maximizes the critic:
 Replay keeps the offline data: by default one shared buffer, uniform over offline + online transitions
 (`--offline-ratio -1`, the common practice the paper starts from). One update per environment step, Gaussian
 exploration noise 0.1, no random warm-up. Output in `runs/<run-name>/`: `args.json`, `metrics.csv` (with the
-policy-collapse diagnostics), `episodes.csv`, `summary.json` (step-0 score, dip, recovery) and `checkpoint.pt`.
+policy-collapse diagnostics), `episodes.csv`, `summary.json` (step-0 score, dip, recovery), `checkpoint.pt` and
+`online_rows.f32`; `--resume RUN_DIR` continues a killed run exactly.
 """
 from __future__ import annotations
 

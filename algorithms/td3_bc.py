@@ -10,8 +10,9 @@ the clipped double-Q target with target-policy smoothing, a delayed actor and Po
 
 `--online-steps N` continues the *same* objective online (the slow-but-stable baseline of Luo et al. 2023): one
 update per environment step on batches drawn from the offline data and the new transitions (`--offline-ratio`).
-`--checkpoint PATH` continues from a saved run. Output in `runs/<run-name>/`: `args.json`, `metrics.csv`,
-`episodes.csv` (online training episodes), `summary.json` (online runs) and `checkpoint.pt`. See `--help`.
+`--checkpoint PATH` starts from a saved agent; `--resume RUN_DIR` continues a killed run exactly. Output in
+`runs/<run-name>/`: `args.json`, `metrics.csv`, `episodes.csv` (online training episodes), `summary.json` (online
+runs), `checkpoint.pt` and `online_rows.f32` (online runs, for --resume). See `--help`.
 """
 from __future__ import annotations
 
