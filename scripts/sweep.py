@@ -14,6 +14,7 @@ seed, threads and kind of machine => the same weights), and runs finetuned from 
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -89,10 +90,15 @@ class Run:
 
 
 def script_flags(script: str) -> set[str]:
-    """Every flag the script's --help lists."""
-    out = subprocess.run([sys.executable, str(ALGOS / f"{script}.py"), "--help"], capture_output=True, text=True,
-                         env={**os.environ, "COLUMNS": "200"}).stdout
-    return set(re.findall(r"(--[a-z0-9][a-z0-9-]*)", out))
+    """The flags of a script's --help, read from its Args dataclass without starting Python (tyro makes each field
+    `--field-name`, and a bool field also `--no-field-name`)."""
+    tree = ast.parse((ALGOS / f"{script}.py").read_text())
+    args = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Args")
+    flags = {"--help"}
+    for field in (n for n in args.body if isinstance(n, ast.AnnAssign)):
+        name = field.target.id.replace("_", "-")
+        flags |= {f"--{name}", f"--no-{name}"} if ast.unparse(field.annotation) == "bool" else {f"--{name}"}
+    return flags
 
 
 def parse_pairs(items: tuple[str, ...], what: str) -> dict[str, str]:

@@ -183,3 +183,16 @@ def test_one_sweep_at_a_time_per_out(whole):
     (out / "sweep.lock").write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": dead.pid}))
     proc = sweep(*GRID, "--out", str(out))  # a stale lock (its process is gone) is taken over
     assert "4 already finished" in proc.stdout and not (out / "sweep.lock").exists()
+
+
+@pytest.mark.parametrize("script", ["td3_bc", "naive_ft", "conservative_ft", "balanced_replay"])
+def test_flags_read_from_args_are_the_help_flags(script):
+    """The sweep reads each script's flags from its Args dataclass (fast); they must be exactly its --help flags."""
+    import re
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import sweep as sweep_module
+
+    out = subprocess.run([sys.executable, str(ROOT / "algorithms" / f"{script}.py"), "--help"], capture_output=True,
+                         text=True, env={**os.environ, "COLUMNS": "200"}).stdout
+    assert set(re.findall(r"(--[a-z0-9][a-z0-9-]*)", out)) == sweep_module.script_flags(script)
