@@ -308,6 +308,15 @@ def run_local(args: Args, groups: dict[Path, list[Run]]) -> int:
     return 0
 
 
+def slurm_parameters(args: Args, after: str | None) -> dict:
+    """submitit parameters of every job: one CPU, --slurm-time, the partition and GPUs only when asked for, and,
+    for the finetuning array, `afterok` on the pretraining array (a job whose dependency fails is cancelled)."""
+    extra = {"kill-on-invalid-dep": "yes", **({"dependency": f"afterok:{after}"} if after else {})}
+    return {"timeout_min": args.slurm_time, "cpus_per_task": 1, "name": "sweep", "slurm_additional_parameters": extra,
+            **({"slurm_partition": args.slurm_partition} if args.slurm_partition else {}),
+            **({"slurm_gpus_per_node": args.slurm_gpus_per_job} if args.slurm_gpus_per_job else {})}
+
+
 def run_slurm(args: Args, groups: dict[Path, list[Run]]) -> int:
     """The same runs as Slurm jobs through submitit: the pretraining runs as one job array, the finetuning runs as a
     second array that starts once all of the first succeeded (a failed pretraining cancels it: rerun the sweep).
@@ -330,15 +339,11 @@ def run_slurm(args: Args, groups: dict[Path, list[Run]]) -> int:
         print(f"sweep: all {total} finetuning runs finished in {args.out}")
         return 0
     ex = submitit.AutoExecutor(folder=Path(args.out) / "logs" / "slurm" / "%j", cluster="slurm")
-    params = {"timeout_min": args.slurm_time, "cpus_per_task": 1, "name": "sweep"}
-    params.update({"slurm_partition": args.slurm_partition} if args.slurm_partition else {})
-    params.update({"slurm_gpus_per_node": args.slurm_gpus_per_job} if args.slurm_gpus_per_job else {})
-    ex.update_parameters(**params, slurm_additional_parameters={"kill-on-invalid-dep": "yes"})
+    ex.update_parameters(**slurm_parameters(args, None))
     with ex.batch():
         pre_jobs = [ex.submit(CommandFunction(r.command(), cwd=os.getcwd())) for r in pre]
     if pre_jobs:
-        array_id = pre_jobs[0].job_id.split("_")[0]
-        ex.update_parameters(slurm_additional_parameters={"kill-on-invalid-dep": "yes", "dependency": f"afterok:{array_id}"})
+        ex.update_parameters(**slurm_parameters(args, pre_jobs[0].job_id.split("_")[0]))
     with ex.batch():
         ft_jobs = [ex.submit(CommandFunction(r.command(), cwd=os.getcwd())) for r in todo]
     lock = Path(args.out) / "sweep.lock"

@@ -196,3 +196,24 @@ def test_flags_read_from_args_are_the_help_flags(script):
     out = subprocess.run([sys.executable, str(ROOT / "algorithms" / f"{script}.py"), "--help"], capture_output=True,
                          text=True, env={**os.environ, "COLUMNS": "200"}).stdout
     assert set(re.findall(r"(--[a-z0-9][a-z0-9-]*)", out)) == sweep_module.script_flags(script)
+
+
+@pytest.mark.parametrize("gpus, partition", [(0, None), (2, "gpu")])
+def test_slurm_job_script_asks_for_what_the_flags_say(tmp_path, gpus, partition):
+    """The #SBATCH lines submitit writes from the sweep's parameters (nothing is submitted): no GPU request at 0."""
+    submitit = pytest.importorskip("submitit")
+    if shutil.which("sbatch") is None:
+        pytest.skip("submitit's Slurm executor needs the Slurm client (apt-get install slurm-wlm)")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import sweep as sweep_module
+
+    ex = submitit.AutoExecutor(folder=tmp_path, cluster="slurm")
+    ex.update_parameters(**sweep_module.slurm_parameters(
+        sweep_module.Args(slurm_gpus_per_job=gpus, slurm_partition=partition, slurm_time=30), "41"))
+    text = ex._executor._make_submission_file_text("cmd", "uid")
+    lines = [line for line in text.splitlines() if line.startswith("#SBATCH")]
+    assert "#SBATCH --cpus-per-task=1" in lines and "#SBATCH --time=30" in lines
+    assert "#SBATCH --dependency=afterok:41" in lines and "#SBATCH --kill-on-invalid-dep=yes" in lines
+    assert [line for line in lines if "gpu" in line and "partition" not in line] == \
+        (["#SBATCH --gpus-per-node=2"] if gpus else [])
+    assert ("#SBATCH --partition=gpu" in lines) == (partition == "gpu")
