@@ -122,12 +122,14 @@ def sweep_block(dataset_dir: Path) -> str:
     return "\n".join(out)
 
 
-def diagnostics_block(dataset_dir: Path, steps=(2500, 10000, 50000)) -> str:
-    """Collapse diagnostics at a few online steps, mean over seeds: distance to pi_0 and Q on offline/online states."""
+def diagnostics_block(dataset_dir: Path, steps=(2500, 10000, 50000), runs: dict[str, list[Path]] | None = None) -> str:
+    """Collapse diagnostics at a few online steps, mean over seeds: distance to pi_0 and Q on offline/online states;
+    `runs` {label: run dirs} (default: the benchmarks/finetune layout)."""
     out = ["| method | " + " | ".join(f"‖π−π₀‖ @{s:,}" for s in steps) + " | " +
            " | ".join(f"Q(s,π(s)) offline / online @{s:,}" for s in steps) + " |", "|---" * (1 + 2 * len(steps)) + "|"]
-    for method, label in METHODS.items():
-        runs = sorted(dataset_dir.glob(f"{method}_s*"))
+    runs_by_label = runs or {label: sorted(dataset_dir.glob(f"{method}_s*")) for method, label in METHODS.items()}
+    for label, runs in runs_by_label.items():
+        runs = [r for r in runs if (r / "summary.json").exists()]
         rows = [{int(r["step"]): r for r in read_csv(p / "metrics.csv") if r["phase"] == "online"} for p in runs]
         rows = [r for r in rows if all(s in r for s in steps)]
         if not rows:
@@ -234,15 +236,17 @@ if __name__ == "__main__":
     md = (BENCH.parent / "benchmarks.md").read_text()
     if a.sweep:
         for d in sorted(p for p in Path(a.sweep).iterdir() if p.is_dir() and p.name != "logs"):
-            name, body = f"sweep/{Path(a.sweep).name}/{d.name}", sweep_block(d)
-            if f"<!-- report:{name} -->" in md:
-                md = replace_block(md, name, body)
-            else:
-                print(f"{name} (no block in benchmarks.md):\n{body}\n")
+            label = lambda n: METHODS[n.split("-")[0]] + (f" [{n.split('-', 1)[1]}]" if "-" in n else "")  # noqa
+            labelled = {label(n): rs for n, rs in sweep_runs(d).items()}
+            for name, body in ((f"sweep/{Path(a.sweep).name}/{d.name}", sweep_block(d)),
+                               (f"sweepdiag/{Path(a.sweep).name}/{d.name}",
+                                diagnostics_block(d, (5000, 25000, 100000), labelled))):
+                if f"<!-- report:{name} -->" in md:
+                    md = replace_block(md, name, body)
+                else:
+                    print(f"{name} (no block in benchmarks.md):\n{body}\n")
             if not a.no_plots:
-                label = lambda n: METHODS[n.split("-")[0]] + (f" [{n.split('-', 1)[1]}]" if "-" in n else "")  # noqa
-                finetune_plot(d, BENCH / f"sweep_{Path(a.sweep).name}_{d.name}.png",
-                              {label(n): rs for n, rs in sweep_runs(d).items()})
+                finetune_plot(d, BENCH / f"sweep_{Path(a.sweep).name}_{d.name}.png", labelled)
         (BENCH.parent / "benchmarks.md").write_text(md)
         raise SystemExit(0)
     for d in sorted((BENCH / "td3_bc").glob("*")):

@@ -99,3 +99,15 @@ def test_sweep_block_tables_per_seed_and_command(tmp_path):
     assert "| naive TD3 finetuning | 25.0 / 30.0 | 55.0 / 70.0 |" in lines  # per seed: mean after step 0 / final
     assert "| naive TD3 finetuning [reset] | 45.0 / 45.0 | – |" in lines
     assert lines[-1] == "Made by `python scripts/sweep.py --seeds 0 1` (stand-in data where the id says standin)."
+
+
+def test_diagnostics_block_for_labelled_runs(tmp_path):
+    cols = "phase,step,pi_dist,q_pi_offline,q_pi_online\n"
+    for seed, scale in ((0, 1.0), (1, 3.0)):
+        d = tmp_path / f"seed{seed}" / "naive_ft"
+        d.mkdir(parents=True)
+        (d / "metrics.csv").write_text(cols + f"online,5,{0.1 * scale},{10 * scale},{20 * scale}\n"
+                                              f"online,10,{0.2 * scale},{30 * scale},{40 * scale}\n")
+        (d / "summary.json").write_text("{}")
+    lines = report.diagnostics_block(tmp_path, (5, 10), {"naive": sorted(tmp_path.glob("seed*/naive_ft"))}).splitlines()
+    assert lines[2] == "| naive | 0.20 | 0.40 | 20 / 40 | 60 / 80 |"
