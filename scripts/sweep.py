@@ -101,6 +101,11 @@ def script_flags(script: str) -> set[str]:
     return flags
 
 
+def flag_names(flags: str) -> list[str]:
+    """The flag names in a FLAGS string ("--a 1 --b=2" -> ["--a", "--b"])."""
+    return [f.split("=")[0] for f in shlex.split(flags) if f.startswith("--")]
+
+
 def parse_pairs(items: tuple[str, ...], what: str) -> dict[str, str]:
     pairs = {}
     for item in items:
@@ -150,12 +155,12 @@ def plan(args: Args) -> dict[Path, list[Run]]:
         raise SystemExit(f"error: --method-flags for {bad}, which is not among --methods {list(args.methods)}")
     accepted = {m: script_flags(m) for m in args.methods}
     for m, flags in extra.items():
-        missing = [f for f in shlex.split(flags) if f.startswith("--") and f not in accepted[m]]
+        missing = [f for f in flag_names(flags) if f not in accepted[m]]
         if missing:
             raise SystemExit(f"error: --method-flags {m}={flags!r}: {m}.py has no flag {', '.join(missing)}")
     runs_of_method = {m: [(m, [])] for m in args.methods}
     for name, flags in variants.items():
-        wanted = [f for f in shlex.split(flags) if f.startswith("--")]
+        wanted = flag_names(flags)
         takers = [m for m in args.methods if all(f in accepted[m] for f in wanted)]
         if not takers:
             raise SystemExit(f"error: --variant {name}={flags!r}: no listed method accepts {' '.join(wanted)}")

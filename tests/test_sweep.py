@@ -130,13 +130,13 @@ def test_bad_grids_fail_before_anything_runs(whole, argv, message):
 
 def test_variants_apply_where_accepted(minari_root, tmp_path):
     proc = sweep("--methods", "naive_ft", "td3_bc", "--dataset-ids", TINY_ID, "--seeds", "0", "--out",
-                 str(tmp_path / "v"), "--variant", "reset=--reset-optimizers", "--variant", "half=--offline-ratio 0.5",
+                 str(tmp_path / "v"), "--variant", "reset=--reset-optimizers", "--variant", "half=--offline-ratio=0.5",
                  "--method-flags", "naive_ft=--expl-noise 0.2", "--dry-run")
     lines = proc.stdout.splitlines()
     assert "sweep: variant reset skipped for td3_bc (its --help lacks --reset-optimizers)" in lines
     cmds = {line.split("--run-name ")[1]: line for line in lines if "--run-name" in line}
     assert sorted(cmds) == ["naive_ft", "naive_ft-half", "naive_ft-reset", "pretrain", "td3_bc", "td3_bc-half"]
-    assert "--reset-optimizers" in cmds["naive_ft-reset"] and "--offline-ratio 0.5" in cmds["td3_bc-half"]
+    assert "--reset-optimizers" in cmds["naive_ft-reset"] and "--offline-ratio=0.5" in cmds["td3_bc-half"]
     assert all("--expl-noise 0.2" in c for n, c in cmds.items() if n.startswith("naive_ft"))
     assert "--expl-noise" not in cmds["td3_bc"] and not (tmp_path / "v").exists()
 
