@@ -217,3 +217,25 @@ def test_slurm_job_script_asks_for_what_the_flags_say(tmp_path, gpus, partition)
     assert [line for line in lines if "gpu" in line and "partition" not in line] == \
         (["#SBATCH --gpus-per-node=2"] if gpus else [])
     assert ("#SBATCH --partition=gpu" in lines) == (partition == "gpu")
+
+
+def test_queued_slurm_jobs_of_an_earlier_sweep_hold_the_lock(whole, slurm, tmp_path):
+    """A sweep stopped while its Slurm jobs still run: a new sweep on that --out is refused until they are gone."""
+    job = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "sleep 60"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    out = tmp_path / "copy"
+    shutil.copytree(whole[0], out)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (out / "sweep.lock").write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": dead.pid,
+                                                "slurm_jobs": [job]}))
+    try:
+        proc = sweep(*GRID, "--out", str(out), "--launcher", "slurm", check=False)
+        assert proc.returncode != 0 and proc.stderr.strip().startswith(f"error: another sweep is running on {out}")
+    finally:
+        subprocess.run(["scancel", job])
+    for _ in range(50):  # once the job has left the queue the lock is stale
+        if job not in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split():
+            break
+        time.sleep(0.2)
+    assert "4 already finished" in sweep(*GRID, "--out", str(out), "--launcher", "slurm").stdout
