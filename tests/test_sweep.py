@@ -239,3 +239,16 @@ def test_queued_slurm_jobs_of_an_earlier_sweep_hold_the_lock(whole, slurm, tmp_p
             break
         time.sleep(0.2)
     assert "4 already finished" in sweep(*GRID, "--out", str(out), "--launcher", "slurm").stdout
+
+
+def test_a_failing_run_is_reported_and_the_others_finish(minari_root, tmp_path):
+    out = tmp_path / "fail"
+    proc = sweep("--methods", "naive_ft", "conservative_ft", "--dataset-ids", TINY_ID, "--seeds", "0",
+                 "--offline-steps", "50", "--online-steps", "100", "--eval-every", "50", "--workers", "2",
+                 "--method-flags", "naive_ft=--batch-size 0", "--out", str(out), check=False)
+    assert proc.returncode != 0
+    assert f"sweep: FAILED {group(out, 0) / 'naive_ft'} (exit 1; log in {out / 'logs'})" in proc.stdout
+    assert "sweep: 1 run(s) failed or could not start" in proc.stdout
+    assert (group(out, 0) / "conservative_ft" / "summary.json").exists()
+    log = (out / "logs" / f"{TINY_ID.replace('/', '-')}__seed0__naive_ft.log").read_text()
+    assert "error: --batch-size must be > 0, got 0" in log
