@@ -299,7 +299,8 @@ def weights_sha256(ckpt: dict) -> str:
 
 
 def load_run(run_dir: str, script: str) -> tuple[dict, dict | None]:
-    """What --resume continues: the run's args.json and its last checkpoint (None: killed before the first one)."""
+    """What --resume continues: the run's args.json (all of it) and its last checkpoint (None: killed before the
+    first one)."""
     try:
         saved = json.loads((Path(run_dir) / "args.json").read_text())
     except OSError:
@@ -313,12 +314,12 @@ def load_run(run_dir: str, script: str) -> tuple[dict, dict | None]:
     if made_by != script:
         raise SystemExit(f"error: --resume {run_dir}: that run was made by {made_by}.py; resume it with {made_by}.py")
     if not (Path(run_dir) / "checkpoint.pt").exists():
-        return saved["args"], None
+        return saved, None
     state = load_checkpoint(str(Path(run_dir) / "checkpoint.pt"), None)
     if state.get("format") != CHECKPOINT_FORMAT or state.get("algorithm") != script:
         raise SystemExit(f"error: --resume {run_dir}: its checkpoint is format {state.get('format', 1)} of "
                          f"{state.get('algorithm')}, this script resumes format {CHECKPOINT_FORMAT} of {script}")
-    return saved["args"], state
+    return saved, state
 
 
 def resume_args(cli, saved: dict, description: str):
@@ -337,14 +338,14 @@ def resume_args(cli, saved: dict, description: str):
 
 def reopen(path: Path, size: int | None, header: list[str]):
     """A run file to append CSV rows to: new (size None), or cut back to the size its checkpoint recorded."""
-    if size is not None and (not path.exists() or path.stat().st_size < size):
+    if size is None:
+        f = open(path, "w", newline="")
+        csv.writer(f).writerow(header)
+        return f
+    if not path.exists() or path.stat().st_size < size:
         raise SystemExit(f"error: {path} is shorter than its checkpoint records: the run directory is incomplete")
-    if size is not None:
-        os.truncate(path, size)  # drop rows written after the checkpoint
-        return open(path, "a", newline="")
-    f = open(path, "w", newline="")
-    csv.writer(f).writerow(header)
-    return f
+    os.truncate(path, size)  # drop rows written after the checkpoint
+    return open(path, "a", newline="")
 
 
 def save_online_rows(path: Path, replay, n_off: int, capacity: int, first: int, n_on: int) -> None:
@@ -424,7 +425,7 @@ if __name__ == "__main__":
     args = tyro.cli(Args, description=__doc__.split("\n\n")[0])
     script = Path(__file__).stem
     saved, state = load_run(args.resume, script) if args.resume else (None, None)  # state: the run's last checkpoint
-    args = resume_args(args, saved, __doc__.split("\n\n")[0]) if args.resume else args
+    args = resume_args(args, saved["args"], __doc__.split("\n\n")[0]) if args.resume else args
     validate(args)
     requested = resolve_dataset_id(args.env, args.dataset_id) if args.env or args.dataset_id else None
     ckpt = state or (load_checkpoint(args.checkpoint, requested) if args.checkpoint else None)
@@ -495,7 +496,7 @@ if __name__ == "__main__":
 
     # ------------------------------------------------------------------ outputs
     run_dir.mkdir(parents=True, exist_ok=bool(args.resume))
-    run_info = json.loads((run_dir / "args.json").read_text()) if args.resume else \
+    run_info = saved if args.resume else \
         {"algorithm": script, "args": dataclasses.asdict(args), "meta": run_metadata(device), "resumes": [],
          "checkpoint_sha256": weights_sha256(ckpt) if ckpt else None}  # the agent a --checkpoint run starts from
     if args.resume:  # the run's args stay as they were; each resume adds when, where from, with which code

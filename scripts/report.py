@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import statistics
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,18 +198,14 @@ def replace_block(text: str, name: str, body: str) -> str:
 
 def checkpoint_hash(path: Path) -> str:
     """sha256 over the network tensors (actor, critics, targets) of a checkpoint, in a fixed order: equal hashes
-    mean bit-identical weights, whatever else (timestamps, paths in args) differs."""
-    import hashlib
-
+    mean bit-identical weights, whatever else (timestamps, paths in args) differs. The scripts' own function, which
+    they use to record the agent a --checkpoint run starts from (args.json checkpoint_sha256)."""
     import torch
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    h = hashlib.sha256()
-    for net in ("actor", "critic", "actor_target", "critic_target"):
-        for key in sorted(ckpt[net]):
-            h.update(f"{net}/{key}".encode())
-            h.update(ckpt[net][key].contiguous().numpy().tobytes())
-    return h.hexdigest()
+    sys.path.insert(0, str(ROOT / "algorithms"))
+    from td3_bc import weights_sha256
+
+    return weights_sha256(torch.load(path, map_location="cpu", weights_only=False))
 
 
 def collect(src: Path, dest: Path) -> None:

@@ -253,28 +253,36 @@ def take_lock(out: Path) -> None:
     path.write_text(json.dumps({"host": host, "pid": os.getpid()}))
 
 
+def pending(args: Args, groups: dict[Path, list[Run]]) -> tuple[list[Run], dict[Path, list[Run]]]:
+    """The agents to pretrain, and each group's unfinished finetuning runs; a group whose agent exists must have
+    the agent its finished runs came from. Prints how many runs there are."""
+    pretrain, todo = [], {}
+    for group, runs in groups.items():
+        ft = [r for r in runs[1:] if not finished(r, args)]
+        if not ft:
+            continue
+        if not finished(runs[0], args):
+            pretrain.append(runs[0])
+        elif agent_check(group, runs):
+            raise SystemExit(f"error: {agent_check(group, runs)}")
+        todo[group] = ft
+    total = sum(len(runs) - 1 for runs in groups.values())
+    print(f"sweep: {total} finetuning runs, {total - sum(map(len, todo.values()))} already finished; "
+          f"{args.launcher}", flush=True)
+    return pretrain, todo
+
+
 def run_local(args: Args, groups: dict[Path, list[Run]]) -> int:
     """A pool of --workers subprocesses; a group's finetuning runs start once its agent is pretrained."""
     workers = args.workers or os.cpu_count() or 1
     logs = Path(args.out) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    ready, waiting, failed, durations = [], {}, [], []
-    n_done = 0
-    for group, runs in groups.items():
-        todo = [r for r in runs[1:] if not finished(r, args)]
-        n_done += len(runs) - 1 - len(todo)
-        if not todo:
-            continue
-        if finished(runs[0], args):
-            problem = agent_check(group, runs)
-            if problem:
-                raise SystemExit(f"error: {problem}")
-            ready += todo
-        else:
-            ready.append(runs[0])
-            waiting[group] = todo
+    pretrain, todo = pending(args, groups)
+    waiting = {r.group: todo[r.group] for r in pretrain}  # a group's finetuning runs wait for its agent
+    ready = [r for group, runs in todo.items() if group not in waiting for r in runs] + pretrain
+    failed, durations = [], []
     total = sum(len(runs) - 1 for runs in groups.values())
-    print(f"sweep: {total} finetuning runs, {n_done} already finished; {workers} workers", flush=True)
+    n_done = total - sum(map(len, todo.values()))
     running = {}  # Popen -> (run, start time)
     while ready or running:
         while ready and len(running) < workers:
@@ -331,15 +339,9 @@ def run_slurm(args: Args, groups: dict[Path, list[Run]]) -> int:
         from submitit.helpers import CommandFunction
     except ImportError:
         raise SystemExit('error: --launcher slurm needs submitit: pip install -e ".[sweep]"') from None
-    pre, todo = [], []
-    for group, runs in groups.items():
-        ft = [r for r in runs[1:] if not finished(r, args)]
-        if ft and finished(runs[0], args) and agent_check(group, runs):
-            raise SystemExit(f"error: {agent_check(group, runs)}")
-        pre += [runs[0]] if ft and not finished(runs[0], args) else []
-        todo += ft
+    pre, by_group = pending(args, groups)
+    todo = [r for runs in by_group.values() for r in runs]
     total = sum(len(runs) - 1 for runs in groups.values())
-    print(f"sweep: {total} finetuning runs, {total - len(todo)} already finished; Slurm", flush=True)
     if not todo:
         print(f"sweep: all {total} finetuning runs finished in {args.out}")
         return 0
