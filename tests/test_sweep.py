@@ -76,9 +76,11 @@ def test_interrupted_sweep_resumes_to_the_same_files(whole, tmp_path):
     proc = subprocess.Popen([sys.executable, str(SWEEP), *GRID, "--out", str(out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while not any((group(out, s) / n / "summary.json").exists() for s in (0, 1) for n in RUNS):
+    dirs = [group(out, s) / n for s in (0, 1) for n in RUNS]
+    while not (any((d / "summary.json").exists() for d in dirs)  # kill once a run has finished and another
+               and any((d / "args.json").exists() and not (d / "summary.json").exists() for d in dirs)):  # started
         assert time.time() < deadline and proc.poll() is None
-        time.sleep(0.2)
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and every run it started
     proc.wait()
     done = {(s, n): (group(out, s) / n / "metrics.csv").read_bytes() for s in (0, 1) for n in RUNS
