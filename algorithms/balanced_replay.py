@@ -20,10 +20,23 @@ Q-Ensemble", CoRL 2021, arXiv 2107.00591). Details follow the authors' code (shl
   We keep the per-step loop of naive_ft.py with one faithful exception: the first --warmup-online-steps (1000)
   transitions are collected with the pretrained policy before any update, then --warmup-updates (10,000) updates
   run, then one update per environment step. Total updates = warmup updates + online steps - warmup steps.
-- RL algorithm: TD3 from the pretrained TD3+BC agent, exactly as naive_ft.py (the authors use SAC from CQL).
-  NOT implemented: the paper's pessimistic Q-ensemble (N independently pretrained agents, mean-of-mins actor).
-Logged in metrics.csv: w_offline / w_online (mean w on the estimator's offline / online batches) and
-online_share (fraction of online transitions in each RL batch), besides naive_ft.py's collapse diagnostics.
+- Pessimistic Q-ensemble (the paper's other half): N agents (--ensemble-size, 5), pretrained independently with
+  TD3+BC (each its own initial weights and batches; members 0, 1, ... may come from --checkpoint), finetuned as one.
+  The authors' agents are SAC; our TD3 translation (our reading, every choice named):
+    acting:  a(s) = mean_i pi_i(s)   (the authors average the members' Gaussian means; TD3 policies are the means)
+    target:  y_i = r + gamma (1 - d) min(Q'_i1, Q'_i2)(s', a'),  a' = clip(mean_i pi'_i(s') + clip(eps))
+             (each member its own clipped double-Q; one smoothed next action of the ensemble's target policy, as
+             the authors' mixture gives one next action)
+    critic:  sum_i [MSE(Q_i1, y_i) + MSE(Q_i2, y_i)]   on one shared prioritized batch
+    actor:   maximize mean_i min(Q_i1, Q_i2)(s, a(s))   through the mean action: the members' actors train jointly
+             (TD3's actor uses Q1 alone; the min of the twins is the authors' pessimism, kept for N = 1 too)
+  Every member keeps its own twin critics, targets and Adam moments; all of them are batched (one matmul per
+  layer for all members). N = 1 is balanced replay alone with the same objective.
+- RL algorithm: TD3 from the pretrained TD3+BC agents (the authors use SAC from CQL).
+Logged in metrics.csv: w_offline / w_online (mean w on the estimator's offline / online batches),
+online_share (fraction of online transitions in each RL batch) and q_std (the ensemble's disagreement: std over
+members of min(Q_i1, Q_i2)(s, a(s)) on the diagnostic states), besides naive_ft.py's collapse diagnostics (here
+q_pi_* is mean_i min(Q_i1, Q_i2)(s, a(s)), the actor's objective).
 """
 from __future__ import annotations
 
@@ -41,6 +54,7 @@ import time
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -60,8 +74,12 @@ class Args:
     dataset_id: str | None = None
     """any Minari dataset id (e.g. `standin/hopper/medium-v0`); wins over --env. With --checkpoint, the
     checkpoint's id is used and a different one here is an error"""
-    checkpoint: str | None = None
-    """a td3_bc.py checkpoint.pt to start from (weights, optimizer states, normalization, dataset id)"""
+    checkpoint: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """one agent's checkpoint.pt (td3_bc.py, naive_ft.py or conservative_ft.py: weights, optimizer states,
+    normalization, dataset id) for ensemble member 0; given again, for members 1, 2, ...; members without one are
+    pretrained here"""
+    ensemble_size: int = 5
+    """N: agents in the pessimistic Q-ensemble (5, as in the authors' experiments); 1 is balanced replay alone"""
     seed: int = 0
     """seeds Python, NumPy, torch, the online env and the evaluation episodes; same seed + same machine +
     same --threads => identical run on CPU"""
@@ -70,8 +88,9 @@ class Args:
     threads: int = 0
     """torch intra-op threads; 0 keeps torch's default (recorded in args.json)"""
     offline_steps: int | None = None
-    """TD3+BC gradient steps on the dataset; default 1,000,000, or 0 with --checkpoint (a value given with
-    --checkpoint continues offline training from it first)"""
+    """TD3+BC gradient steps on the dataset for each member pretrained here (the members without --checkpoint, all
+    side by side, each on its own batches); default 1,000,000. Members from --checkpoint do not train offline: when
+    every member has one, there is no offline phase"""
     online_steps: int = 250_000
     """environment steps of online finetuning after the offline phase, one update per step"""
     online_capacity: int = 250_000
@@ -104,7 +123,7 @@ class Args:
     lr: float = 3e-4
     """Adam learning rate of actor and critics"""
     hidden: int = 256
-    """width of the two hidden layers of actor and critics (with --checkpoint, the checkpoint's width is used)"""
+    """width of the two hidden layers of actors and critics (with --checkpoint, the checkpoint's width is used)"""
     policy_noise: float = 0.2
     """std of the target-policy smoothing noise (times max action)"""
     noise_clip: float = 0.5
@@ -130,19 +149,6 @@ class Args:
 
 
 # ---------------------------------------------------------------------------------------------- networks
-class Actor(nn.Module):
-    """Deterministic policy pi(s) = max_action * tanh(MLP(s))."""
-
-    def __init__(self, obs_dim: int, act_dim: int, max_action: torch.Tensor, hidden: int = 256):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, act_dim), nn.Tanh())
-        self.register_buffer("max_action", max_action)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.max_action * self.net(obs)
-
-
 class EnsembleLinear(nn.Module):
     """`n` independent linear layers applied with one batched matmul; initialised like nn.Linear."""
 
@@ -177,43 +183,76 @@ class Critic(nn.Module):
         return x.squeeze(-1)
 
 
+class EnsembleActor(nn.Module):
+    """N deterministic policies pi_i(s) = max_action * tanh(MLP_i(s)), each layer of all members one batched matmul.
+    Called, it is the ensemble's policy: the mean of the members' actions."""
+
+    def __init__(self, obs_dim: int, act_dim: int, max_action: torch.Tensor, hidden: int = 256, n: int = 1):
+        super().__init__()
+        self.n = n
+        self.layers = nn.ModuleList([EnsembleLinear(n, obs_dim, hidden), EnsembleLinear(n, hidden, hidden),
+                                     EnsembleLinear(n, hidden, act_dim)])
+        self.register_buffer("max_action", max_action)
+
+    def members(self, obs: torch.Tensor) -> torch.Tensor:
+        """pi_i(s) of every member, shape (N, B, act_dim), for obs (B, obs_dim) or (N, B, obs_dim) (one batch each)."""
+        x = obs.expand(self.n, -1, -1)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, self.n)
+            x = torch.relu(x) if i < len(self.layers) - 1 else x
+        return self.max_action * torch.tanh(x)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """a(s) = mean_i pi_i(s), for obs of shape (..., obs_dim)."""
+        return self.members(obs.reshape(-1, obs.shape[-1])).mean(0).reshape(*obs.shape[:-1], -1)
+
+
 # ---------------------------------------------------------------------------------------------- one update
 def update(step: int, batch, actor, actor_target, critic, critic_target, actor_opt, critic_opt, args,
            offline: bool) -> dict:
-    """One gradient step on batch = (s, a, r, s', terminated) with r, terminated of shape (B, 1): TD3+BC when
-    `offline`, else TD3. Returns detached scalar tensors (no host sync)."""
+    """One gradient step of the ensemble on batch = (s, a, r, s', terminated). Offline (TD3+BC pretraining) every
+    member trains on its own batch (leading dim N) exactly as td3_bc.py; online (TD3) one batch (B, .) serves all,
+    and actions are the ensemble's mean action. Member i's twins are critics i and N + i. Returns detached scalar
+    tensors (no host sync); losses are per member (their sums over members, which the gradients follow, over N)."""
     obs, act, rew, next_obs, terminated = batch
-    rew, terminated = rew.squeeze(-1), terminated.squeeze(-1)
+    rew, terminated = rew.squeeze(-1), terminated.squeeze(-1)  # (N, B) offline, (B,) online
+    n = actor.n
+    twins = (lambda x: x.repeat(2, 1, 1)) if offline else (lambda x: x)  # member i's batch for critics i and N+i
     with torch.no_grad():
-        # target-policy smoothing: a' = clip(pi'(s') + clip(eps, -c, c), -max, max), eps ~ N(0, sigma^2)
+        # target-policy smoothing: a' = clip(pi'(s') + clip(eps, -c, c), -max, max), eps ~ N(0, sigma^2), with
+        # pi' member i's target actor (offline) or the ensemble's, mean_i pi'_i (online)
         max_action = actor.max_action
-        noise = (torch.randn_like(act) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip) * max_action
-        next_act = torch.max(torch.min(actor_target(next_obs) + noise, max_action), -max_action)
-        # clipped double-Q target: y = r + gamma * (1 - terminated) * min_i Q'_i(s', a')
-        target_q = rew + args.gamma * (1.0 - terminated) * critic_target(next_obs, next_act).min(0).values
-    q = critic(obs, act)  # (2, B)
-    critic_loss = ((q - target_q) ** 2).mean(1).sum()  # MSE(Q1, y) + MSE(Q2, y)
+        next_pi = actor_target.members(next_obs) if offline else actor_target(next_obs)
+        noise = (torch.randn_like(next_pi) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip) * max_action
+        next_act = torch.max(torch.min(next_pi + noise, max_action), -max_action)
+        # each member's clipped double-Q target: y_i = r + gamma * (1 - terminated) * min(Q'_i1, Q'_i2)(s', a')
+        q_next = critic_target(twins(next_obs), twins(next_act)).view(2, n, -1).min(0).values
+        target_q = rew + args.gamma * (1.0 - terminated) * q_next  # (N, B)
+    q = critic(twins(obs), twins(act)).view(2, n, -1)  # (twin, member, B)
+    critic_loss = ((q - target_q) ** 2).mean(-1).sum()  # sum_i MSE(Q_i1, y_i) + MSE(Q_i2, y_i)
     critic_opt.zero_grad(set_to_none=True)
     critic_loss.backward()
     critic_opt.step()
-    info = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+    info = {"critic_loss": critic_loss.detach() / n, "q_mean": q.detach().mean()}
 
     if step % args.policy_freq == 0:  # delayed policy update
-        pi = actor(obs)
-        q_pi = critic(obs, pi, n=1)[0]
-        if offline:  # TD3+BC pretraining (Fujimoto & Gu 2021, Eq. 3)
-            lmbda = args.alpha / q_pi.abs().mean().detach()  # lambda = alpha / mean|Q(s, pi(s))|
-            reg_loss = ((pi - act) ** 2).mean()  # behaviour cloning towards the dataset actions
-        else:  # TD3 finetuning: maximize Q1(s, pi(s)), nothing holds the policy near the data
-            lmbda, reg_loss = torch.ones((), device=obs.device), torch.zeros((), device=obs.device)
-        actor_loss = -lmbda * q_pi.mean() + reg_loss
+        if offline:  # TD3+BC pretraining of each member (Fujimoto & Gu 2021, Eq. 3)
+            pi = actor.members(obs)  # pi_i(s_i), (N, B, act_dim)
+            q_pi = critic(obs, pi, n=n)  # Q_i1(s_i, pi_i(s_i)), (N, B)
+            lmbda = args.alpha / q_pi.abs().mean(1, keepdim=True).detach()  # lambda_i = alpha / mean|Q_i1(s, pi_i(s))|
+            reg_loss = ((pi - act) ** 2).mean((1, 2)).sum()  # behaviour cloning towards each member's dataset actions
+            actor_loss = -(lmbda * q_pi).mean(1).sum() + reg_loss
+        else:  # the ensemble's action maximizes mean_i min(Q_i1, Q_i2): pessimism, nothing holds it near the data
+            q_pi = critic(obs, actor(obs)).view(2, n, -1).min(0).values
+            lmbda, reg_loss = torch.ones((n, 1), device=obs.device), torch.zeros((), device=obs.device)
+            actor_loss = -q_pi.mean(1).sum()  # = -N mean_i min(Q_i1, Q_i2): a sum over members, as offline
         actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward(inputs=list(actor.parameters()))  # gradients for the actor only
+        actor_loss.backward(inputs=list(actor.parameters()))  # gradients for the actors only
         actor_opt.step()
         with torch.no_grad():  # Polyak averaging, theta' <- theta' + tau * (theta - theta')
             torch._foreach_lerp_(list(actor_target.parameters()), list(actor.parameters()), args.tau)
             torch._foreach_lerp_(list(critic_target.parameters()), list(critic.parameters()), args.tau)
-        info.update(actor_loss=actor_loss.detach(), reg_loss=reg_loss.detach(), lmbda=lmbda)
+        info.update(actor_loss=actor_loss.detach() / n, reg_loss=reg_loss.detach() / n, lmbda=lmbda.mean())
     return info
 
 
@@ -261,13 +300,21 @@ class SumTree:
 
 
 class DensityRatio(nn.Module):
-    """w(s, a) >= 0, an estimate of d_online(s, a) / d_offline(s, a); starts near 1 (last bias 1.0)."""
+    """w(s, a) >= 0, an estimate of d_online(s, a) / d_offline(s, a), initialised as in the authors' code (rlkit):
+    hidden weights uniform +-1/sqrt(weight.size(0)) -- rlkit's fanin_init takes the bound from the OUTPUT width of
+    an nn.Linear weight (out, in) -- and zero biases; last weights uniform +-3e-3 and last bias 1.0, so w starts
+    close to 1 everywhere."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(obs_dim + act_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                                  nn.Linear(hidden, 1))
-        nn.init.constant_(self.net[-1].bias, 1.0)
+        for layer in (self.net[0], self.net[2]):
+            bound = 1.0 / math.sqrt(layer.weight.shape[0])
+            nn.init.uniform_(layer.weight, -bound, bound)
+            nn.init.zeros_(layer.bias)
+        nn.init.uniform_(self.net[4].weight, -3e-3, 3e-3)
+        nn.init.constant_(self.net[4].bias, 1.0)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.net(torch.cat([obs, act], -1))).squeeze(-1)
@@ -298,6 +345,45 @@ def update_ratio_and_priorities(weight_net, weight_opt, tree, idx, rl_batch, off
     loss.backward()
     weight_opt.step()
     return priority, {"ratio_loss": loss.detach(), "w_offline": w_off.detach().mean(), "w_online": w_on.detach().mean()}
+
+
+def agent_part(ckpt: dict) -> dict:
+    """One agent's checkpoint (td3_bc.py, naive_ft.py, conservative_ft.py) as a 1-member part of an ensemble: its
+    actor's nn.Linear weights (out, in) and biases (out,) become EnsembleActor's (1, in, out) and (1, 1, out), and
+    so do their Adam moments; its twin critic already is the ensemble layout (member 0's twins at rows 0 and 1)."""
+    member = lambda t: t.T[None] if t.dim() == 2 else t[None, None]  # noqa: E731
+    actor = lambda sd: {**{f"layers.{int(k.split('.')[1]) // 2}.{k.split('.')[2]}": member(v)  # noqa: E731
+                           for k, v in sd.items() if k.startswith("net.")}, "max_action": sd["max_action"]}
+    opt = ckpt["actor_opt"]
+    return {"n": 1, "actor": actor(ckpt["actor"]), "actor_target": actor(ckpt["actor_target"]),
+            "critic": ckpt["critic"], "critic_target": ckpt["critic_target"], "critic_opt": ckpt["critic_opt"],
+            "actor_opt": {"param_groups": opt["param_groups"], "state": {
+                j: {k: v if k == "step" else member(v) for k, v in st.items()} for j, st in opt["state"].items()}}}
+
+
+def stack_members(parts: list[dict]) -> dict:
+    """One ensemble of all the members of `parts`, in order. A part is {"n": members, "actor", "critic",
+    "actor_target", "critic_target", "actor_opt", "critic_opt": state dicts of this script's networks and Adams}.
+    Actor tensors stack along dim 0; a critic tensor holds member i's twins at rows i and n + i, so the parts' first
+    twins come first, then their second twins. Adam moments stack like their parameters; the step count (used only
+    in Adam's bias correction, about 1 after 10^4 steps) is the parts' largest; a part without Adam states (an
+    agent that never trained) gives None: fresh Adams."""
+    def cat(tensors: list, twins: bool) -> torch.Tensor:
+        tensors = [t.cpu() for t in tensors]
+        if not twins:
+            return torch.cat(tensors)
+        return torch.cat([t[:p["n"]] for t, p in zip(tensors, parts)] + [t[p["n"]:] for t, p in zip(tensors, parts)])
+    out = {"n": sum(p["n"] for p in parts)}
+    for net in ("actor", "critic", "actor_target", "critic_target"):
+        out[net] = {k: v if k == "max_action" else cat([p[net][k] for p in parts], net.startswith("critic"))
+                    for k, v in parts[0][net].items()}
+    for opt in ("actor_opt", "critic_opt"):
+        states = [p[opt]["state"] for p in parts]
+        out[opt] = None if not all(states) else {"param_groups": parts[0][opt]["param_groups"], "state": {
+            j: {"step": torch.stack([s[j]["step"].cpu() for s in states]).max(),
+                **{k: cat([s[j][k] for s in states], opt == "critic_opt") for k in ("exp_avg", "exp_avg_sq")}}
+            for j in states[0]}}
+    return out
 
 
 def evaluate(actor, envs: list, obs_mean, obs_std, seed: int, device) -> np.ndarray:
@@ -344,14 +430,18 @@ def atomic_save(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str, dataset_id: str | None) -> dict:
-    """A checkpoint of these scripts, checked against an explicitly requested dataset id (None: any)."""
+def load_checkpoint(path: str, dataset_id: str | None, ensembles: bool = False) -> dict:
+    """A checkpoint of these scripts, checked against an explicitly requested dataset id (None: any); one of
+    balanced_replay.py's ensembles only when `ensembles` (a --resume)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)  # only load checkpoints you trust
     except Exception as e:
         raise SystemExit(f"error: cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     if not isinstance(ckpt, dict) or not {"actor", "critic", "dataset_id", "obs_shape"} <= ckpt.keys():
         raise SystemExit(f"error: {path} is not a checkpoint written by these scripts")
+    if ckpt.get("ensemble_size") and not ensembles:
+        raise SystemExit(f"error: {path} holds an ensemble of {ckpt['ensemble_size']} agents (balanced_replay.py); "
+                         f"start from one agent: a checkpoint of td3_bc.py, naive_ft.py or conservative_ft.py")
     if dataset_id and dataset_id != ckpt["dataset_id"]:
         raise SystemExit(f"error: the requested dataset {dataset_id} (--env/--dataset-id) differs from the "
                          f"checkpoint's dataset {ckpt['dataset_id']}")
@@ -386,7 +476,7 @@ def load_run(run_dir: str, script: str) -> tuple[dict, dict | None]:
         raise SystemExit(f"error: --resume {run_dir}: that run was made by {made_by}.py; resume it with {made_by}.py")
     if not (Path(run_dir) / "checkpoint.pt").exists():
         return saved, None
-    state = load_checkpoint(str(Path(run_dir) / "checkpoint.pt"), None)
+    state = load_checkpoint(str(Path(run_dir) / "checkpoint.pt"), None, ensembles=True)
     if state.get("format") != CHECKPOINT_FORMAT or state.get("algorithm") != script:
         raise SystemExit(f"error: --resume {run_dir}: its checkpoint is format {state.get('format', 1)} of "
                          f"{state.get('algorithm')}, this script resumes format {CHECKPOINT_FORMAT} of {script}")
@@ -396,7 +486,8 @@ def load_run(run_dir: str, script: str) -> tuple[dict, dict | None]:
 def resume_args(cli, saved: dict, description: str):
     """The resumed run's Args, from its args.json; a flag given with --resume must agree with it."""
     try:
-        base = dataclasses.replace(type(cli)(**saved), resume=cli.resume)
+        base = dataclasses.replace(type(cli)(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}),
+                                   resume=cli.resume)
     except TypeError as e:
         raise SystemExit(f"error: --resume {cli.resume}: its args.json does not fit this script's flags ({e})") from None
     merged = tyro.cli(type(cli), default=base, description=description)
@@ -479,7 +570,7 @@ def validate(args: Args) -> None:
     for name in ("batch_size", "eval_every", "eval_episodes", "log_every", "policy_freq", "hidden", "collapse_window"):
         if getattr(args, name) <= 0:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    for name in ("online_capacity", "temperature", "warmup_online_steps", "ratio_batch_size", "ratio_lr"):
+    for name in ("ensemble_size", "online_capacity", "temperature", "warmup_online_steps", "ratio_batch_size", "ratio_lr"):
         if getattr(args, name) <= 0:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.warmup_updates < 0:
@@ -495,8 +586,12 @@ def validate(args: Args) -> None:
         raise SystemExit(f"error: --device must be auto, cpu or cuda, got {args.device!r}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda, but torch sees no CUDA device")
-    if args.checkpoint and not args.resume and not os.path.isfile(args.checkpoint):
-        raise SystemExit(f"error: checkpoint {args.checkpoint} does not exist")
+    if len(args.checkpoint) > args.ensemble_size:
+        raise SystemExit(f"error: {len(args.checkpoint)} --checkpoint for an ensemble of --ensemble-size "
+                         f"{args.ensemble_size}: one checkpoint per member at most")
+    for path in () if args.resume else args.checkpoint:
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: checkpoint {path} does not exist")
 
 
 if __name__ == "__main__":
@@ -506,7 +601,17 @@ if __name__ == "__main__":
     args = resume_args(args, saved["args"], __doc__.split("\n\n")[0]) if args.resume else args
     validate(args)
     requested = resolve_dataset_id(args.env, args.dataset_id) if args.env or args.dataset_id else None
-    ckpt = state or (load_checkpoint(args.checkpoint, requested) if args.checkpoint else None)
+    agents = [] if state else [load_checkpoint(p, requested) for p in args.checkpoint]  # members 0, 1, ... from files
+    ckpt = state or (agents[0] if agents else None)
+    for path, agent in zip(args.checkpoint[1:], agents[1:]):
+        if (agent["dataset_id"], agent["args"]["hidden"]) != (ckpt["dataset_id"], ckpt["args"]["hidden"]):
+            raise SystemExit(f"error: --checkpoint {path} ({agent['dataset_id']}, --hidden {agent['args']['hidden']}) "
+                             f"does not fit --checkpoint {args.checkpoint[0]} ({ckpt['dataset_id']}, --hidden "
+                             f"{ckpt['args']['hidden']}): an ensemble's members share one dataset and one width")
+    if state and "ensemble_size" not in state:
+        raise SystemExit(f"error: --resume {args.resume}: its checkpoint was written before balanced_replay.py had the "
+                         f"Q-ensemble; continue its weights with --checkpoint instead")
+    n_pre = args.ensemble_size - len(args.checkpoint)  # members pretrained here, after the loaded ones
     dataset_id = ckpt["dataset_id"] if ckpt else requested or resolve_dataset_id("hopper", None)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
@@ -516,8 +621,11 @@ if __name__ == "__main__":
         raise SystemExit(f"error: run directory {run_dir} already exists; choose another --run-name or --runs-dir, "
                          f"or continue it with --resume {run_dir}")
     args = dataclasses.replace(args, dataset_id=dataset_id, run_name=run_name, device=str(device),
-                               offline_steps=(0 if ckpt else 1_000_000) if args.offline_steps is None else args.offline_steps,
+                               offline_steps=0 if not n_pre else 1_000_000 if args.offline_steps is None else args.offline_steps,
                                hidden=ckpt["args"]["hidden"] if ckpt else args.hidden)
+    if n_pre and not args.offline_steps:
+        raise SystemExit(f"error: {n_pre} of the {args.ensemble_size} ensemble members have no --checkpoint, and "
+                         f"--offline-steps 0 would finetune them untrained")
     if args.threads:
         torch.set_num_threads(args.threads)
     random.seed(args.seed)
@@ -530,7 +638,7 @@ if __name__ == "__main__":
     env_spec = data.dataset.spec.env_spec.to_json()
     if ckpt and (tuple(ckpt["obs_shape"]) != obs_space.shape or tuple(ckpt["act_shape"]) != act_space.shape
                  or json.loads(ckpt["env_spec"])["id"] != json.loads(env_spec)["id"]):
-        raise SystemExit(f"error: checkpoint {args.checkpoint} was made for {json.loads(ckpt['env_spec'])['id']} with "
+        raise SystemExit(f"error: checkpoint {args.checkpoint[0] if agents else run_dir} was made for {json.loads(ckpt['env_spec'])['id']} with "
                          f"observations {tuple(ckpt['obs_shape'])} and actions {tuple(ckpt['act_shape'])}, but dataset "
                          f"{dataset_id} is {data.dataset.spec.env_spec.id} with {obs_space.shape} and {act_space.shape}")
     if not np.allclose(act_space.low, -act_space.high):
@@ -556,25 +664,35 @@ if __name__ == "__main__":
 
     # ------------------------------------------------------------------ networks and optimizers
     max_action = to_dev(act_space.high)
-    actor = Actor(obs_dim, act_dim, max_action, args.hidden).to(device)
-    critic = Critic(obs_dim, act_dim, args.hidden).to(device)
-    actor_target = Actor(obs_dim, act_dim, max_action, args.hidden).to(device).requires_grad_(False)
-    critic_target = Critic(obs_dim, act_dim, args.hidden).to(device).requires_grad_(False)
-    actor_target.load_state_dict(actor.state_dict())
-    critic_target.load_state_dict(critic.state_dict())
-    fused = {"fused": True}  # one fused Adam kernel for all parameters (same math as the for-loop Adam)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, **fused)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.lr, **fused)
-    if ckpt:  # continue from the checkpoint: weights, targets and optimizer states
-        for name, obj in (("actor", actor), ("critic", critic), ("actor_target", actor_target),
-                          ("critic_target", critic_target), ("actor_opt", actor_opt), ("critic_opt", critic_opt)):
-            obj.load_state_dict(ckpt[name])
-    pretrained_actor = None  # pi_0: frozen copy of the actor when the online phase starts
+    NETS = ("actor", "critic", "actor_target", "critic_target", "actor_opt", "critic_opt")
+
+    def networks(n: int, saved: dict | None = None) -> tuple:
+        """An ensemble of n agents: actors, 2n critics (agent i's twins are critics i and n + i), target copies, one
+        fused Adam each for all actors and for all critics (same math as n separate Adams); loaded from `saved`."""
+        actor = EnsembleActor(obs_dim, act_dim, max_action, args.hidden, n).to(device)
+        critic = Critic(obs_dim, act_dim, args.hidden, 2 * n).to(device)
+        nets = (actor, critic, copy.deepcopy(actor).requires_grad_(False), copy.deepcopy(critic).requires_grad_(False),
+                torch.optim.Adam(actor.parameters(), lr=args.lr, fused=True),
+                torch.optim.Adam(critic.parameters(), lr=args.lr, fused=True))
+        for name, obj in zip(NETS, nets):
+            if saved and saved[name] is not None:
+                obj.load_state_dict(saved[name])
+        return nets
+
+    # members 0..k-1 come from --checkpoint, k..N-1 are pretrained here (an ensemble of their own in the offline
+    # phase); at the handoff all N become one ensemble
+    members = state["members"] if state else [agent_part(agent) for agent in agents]
+    if state:
+        nets = networks(args.ensemble_size if state["phase"] == "online" else n_pre, state)
+    else:
+        nets = networks(n_pre) if n_pre else networks(args.ensemble_size, stack_members(members))
+    actor, critic, actor_target, critic_target, actor_opt, critic_opt = nets
+    pretrained_actor = None  # pi_0: frozen copy of the ensemble's actors when the online phase starts
     if state and state["pretrained_actor"] is not None:
         pretrained_actor = copy.deepcopy(actor).requires_grad_(False)
         pretrained_actor.load_state_dict(state["pretrained_actor"])
     weight_net = DensityRatio(obs_dim, act_dim, args.hidden).to(device)
-    weight_opt = torch.optim.Adam(weight_net.parameters(), lr=args.ratio_lr, **fused)
+    weight_opt = torch.optim.Adam(weight_net.parameters(), lr=args.ratio_lr, fused=True)
     if state:
         weight_net.load_state_dict(state["weight_net"])
         weight_opt.load_state_dict(state["weight_opt"])
@@ -583,13 +701,14 @@ if __name__ == "__main__":
     run_dir.mkdir(parents=True, exist_ok=bool(args.resume))
     run_info = saved if args.resume else \
         {"algorithm": script, "args": dataclasses.asdict(args), "meta": run_metadata(device), "resumes": [],
-         "checkpoint_sha256": weights_sha256(ckpt) if ckpt else None}  # the agent a --checkpoint run starts from
+         "checkpoint_sha256": weights_sha256(ckpt) if ckpt else None,  # the agent a --checkpoint run starts from
+         "members_sha256": [weights_sha256(agent) for agent in agents]}  # every member from --checkpoint
     if args.resume:  # the run's args stay as they were; each resume adds when, where from, with which code
         run_info["resumes"].append({"from": f"{state['phase']} step {state['step']}" if state else "the start",
                                     "meta": run_metadata(device)})
     atomic_save(run_dir / "args.json", json.dumps(run_info, indent=2))
     columns = ["phase", "step", "critic_loss", "actor_loss", "reg_loss", "q_mean", "lmbda", "pi_dist",
-               "q_pi_offline", "q_pi_online", "w_offline", "w_online",
+               "q_pi_offline", "q_pi_online", "q_std", "w_offline", "w_online",
                "online_share", "ratio_loss", "updates", "train_return", "eval_return", "eval_return_std", "eval_score",
                "updates_per_s", "elapsed_s"]
     sizes = state["run"]["files"] if state else {}
@@ -602,6 +721,8 @@ if __name__ == "__main__":
         rows_file.unlink(missing_ok=True)
     print(f"{script} on {dataset_id}: {n_off} offline transitions, device {device}, {torch.get_num_threads()} "
           f"threads, run dir {run_dir}", flush=True)
+    print(f"ensemble of {args.ensemble_size}: {len(args.checkpoint)} from --checkpoint, {n_pre} pretrained here" +
+          (f" ({args.offline_steps} steps each)" if n_pre else " (no offline phase)"), flush=True)
     if not has_reference_scores(data.dataset):
         print(f"note: {dataset_id} has no reference scores: every score here (progress, eval_score, episodes.csv, "
               f"summary.json) is a raw return", flush=True)
@@ -623,6 +744,7 @@ if __name__ == "__main__":
             "actor_opt": actor_opt.state_dict(), "critic_opt": critic_opt.state_dict(),
             "pretrained_actor": pretrained_actor.state_dict() if pretrained_actor else None,
             "weight_net": weight_net.state_dict(), "weight_opt": weight_opt.state_dict(),
+            "ensemble_size": args.ensemble_size, "members": members,
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                     "diagnostics": diag_gen.get_state()},
@@ -713,9 +835,9 @@ if __name__ == "__main__":
 
     # ------------------------------------------------------------------ offline phase: TD3+BC on the dataset
     phase_from, row_from = off_done, off_done + 1
-    for step in range(off_done + 1, args.offline_steps + 1):
-        idx = torch.randint(n_off, (args.batch_size,), device=device)  # uniform over the dataset
-        info = update(step, replay[idx].split(split, dim=1), actor, actor_target, critic, critic_target, actor_opt,
+    for step in range(off_done + 1, args.offline_steps + 1):  # the members without --checkpoint, side by side
+        idx = torch.randint(n_off, (actor.n, args.batch_size), device=device)  # uniform, each member its own batch
+        info = update(step, replay[idx].split(split, dim=-1), actor, actor_target, critic, critic_target, actor_opt,
                       critic_opt, args, offline=True)
         log("offline", step, args.offline_steps, info)
     if args.offline_steps == 0 and args.online_steps == 0 and not state:  # nothing to train: evaluate as they are
@@ -723,11 +845,15 @@ if __name__ == "__main__":
 
     # ------------------------------------------------------------------ online phase: act, store, update
     if args.online_steps > 0:
-        if on_done is None:  # the handoff: pi_0, the first reset, the step-0 evaluation (and checkpoint)
+        if on_done is None:  # the handoff: one ensemble, pi_0, the first reset, the step-0 evaluation (and checkpoint)
+            if actor.n < args.ensemble_size:  # the members from --checkpoint, then those pretrained here
+                trained = {"n": actor.n, **{name: obj.state_dict() for name, obj in zip(NETS, nets)}}
+                nets = networks(args.ensemble_size, stack_members(members + [trained]))
+                actor, critic, actor_target, critic_target, actor_opt, critic_opt = nets
             pretrained_actor = copy.deepcopy(actor).requires_grad_(False)
             if args.reset_optimizers:  # fresh Adam moments for the online phase
-                actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, **fused)
-                critic_opt = torch.optim.Adam(critic.parameters(), lr=args.lr, **fused)
+                actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, fused=True)
+                critic_opt = torch.optim.Adam(critic.parameters(), lr=args.lr, fused=True)
             obs, _ = env.reset(seed=args.seed)
             obs_t = to_dev((obs - obs_mean) / obs_std)  # the normalized observation, uploaded once per step
             log("online", 0, args.online_steps, None)  # step 0: the pretrained policy before any online update
@@ -782,10 +908,11 @@ if __name__ == "__main__":
                     s_on = replay[n_off + torch.randint(min(n_on, capacity), (1024,), device=device,
                                                         generator=diag_gen), :obs_dim]
                     s = torch.cat([s_off, s_on])
-                    pi = actor(s)
-                    q_pi = critic(s, pi, n=1)[0]
+                    pi = actor(s)  # the ensemble's action
+                    q_pi = critic(s, pi).view(2, actor.n, -1).min(0).values  # min(Q_i1, Q_i2)(s, a(s)), (N, 2048)
                     extra = {"pi_dist": float((pi - pretrained_actor(s)).norm(dim=-1).mean()),
-                             "q_pi_offline": float(q_pi[:1024].mean()), "q_pi_online": float(q_pi[1024:].mean()),
+                             "q_pi_offline": float(q_pi[:, :1024].mean()), "q_pi_online": float(q_pi[:, 1024:].mean()),
+                             "q_std": float(q_pi.std(0, correction=0).mean()),  # disagreement over members
                              "train_return": float(np.mean(recent_returns)) if recent_returns else None,
                              "updates": updates_done}
                 episodes_file.flush()

@@ -273,14 +273,18 @@ def atomic_save(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str, dataset_id: str | None) -> dict:
-    """A checkpoint of these scripts, checked against an explicitly requested dataset id (None: any)."""
+def load_checkpoint(path: str, dataset_id: str | None, ensembles: bool = False) -> dict:
+    """A checkpoint of these scripts, checked against an explicitly requested dataset id (None: any); one of
+    balanced_replay.py's ensembles only when `ensembles` (a --resume)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)  # only load checkpoints you trust
     except Exception as e:
         raise SystemExit(f"error: cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     if not isinstance(ckpt, dict) or not {"actor", "critic", "dataset_id", "obs_shape"} <= ckpt.keys():
         raise SystemExit(f"error: {path} is not a checkpoint written by these scripts")
+    if ckpt.get("ensemble_size") and not ensembles:
+        raise SystemExit(f"error: {path} holds an ensemble of {ckpt['ensemble_size']} agents (balanced_replay.py); "
+                         f"start from one agent: a checkpoint of td3_bc.py, naive_ft.py or conservative_ft.py")
     if dataset_id and dataset_id != ckpt["dataset_id"]:
         raise SystemExit(f"error: the requested dataset {dataset_id} (--env/--dataset-id) differs from the "
                          f"checkpoint's dataset {ckpt['dataset_id']}")
@@ -315,7 +319,7 @@ def load_run(run_dir: str, script: str) -> tuple[dict, dict | None]:
         raise SystemExit(f"error: --resume {run_dir}: that run was made by {made_by}.py; resume it with {made_by}.py")
     if not (Path(run_dir) / "checkpoint.pt").exists():
         return saved, None
-    state = load_checkpoint(str(Path(run_dir) / "checkpoint.pt"), None)
+    state = load_checkpoint(str(Path(run_dir) / "checkpoint.pt"), None, ensembles=True)
     if state.get("format") != CHECKPOINT_FORMAT or state.get("algorithm") != script:
         raise SystemExit(f"error: --resume {run_dir}: its checkpoint is format {state.get('format', 1)} of "
                          f"{state.get('algorithm')}, this script resumes format {CHECKPOINT_FORMAT} of {script}")
@@ -325,7 +329,8 @@ def load_run(run_dir: str, script: str) -> tuple[dict, dict | None]:
 def resume_args(cli, saved: dict, description: str):
     """The resumed run's Args, from its args.json; a flag given with --resume must agree with it."""
     try:
-        base = dataclasses.replace(type(cli)(**saved), resume=cli.resume)
+        base = dataclasses.replace(type(cli)(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}),
+                                   resume=cli.resume)
     except TypeError as e:
         raise SystemExit(f"error: --resume {cli.resume}: its args.json does not fit this script's flags ({e})") from None
     merged = tyro.cli(type(cli), default=base, description=description)

@@ -6,7 +6,8 @@ a Python loop over parameters for the soft update, a loss `.item()` every step, 
 indices and copied into fresh tensors. Its TD3 update is the same with the BC term dropped.
 
 Ours are the `update` functions of the scripts, and online steps that mirror each script's loop body line for
-line (act, env step, store, sample, update; balanced replay adds its tree and density-ratio estimator). Every
+line (act, env step, store, sample, update; balanced replay adds its tree and density-ratio estimator, and runs
+with an ensemble of 1 and of 5 agents, its default). Every
 rate is the median of alternating timing rounds after a warm-up. Also measured: loading a 1M-transition Minari
 dataset (built here, synthetic, Hopper shapes) into the replay table, evaluating 10 episodes one at a time
 versus batched, and peak memory with 1M offline + 250k online transitions (each in a fresh subprocess).
@@ -178,8 +179,11 @@ def textbook_online_step(book, replay, env, obs_mean, obs_std, batch_size):
 
 
 # ------------------------------------------------------------------ ours, as the scripts run them
-def networks(module, obs_dim, act_dim, max_action):
-    actor, critic = module.Actor(obs_dim, act_dim, max_action), module.Critic(obs_dim, act_dim)
+def networks(module, obs_dim, act_dim, max_action, n=1):
+    if module is balanced_replay:  # an ensemble of n agents: n actors, 2n critics
+        actor, critic = module.EnsembleActor(obs_dim, act_dim, max_action, n=n), module.Critic(obs_dim, act_dim, n=2 * n)
+    else:
+        actor, critic = module.Actor(obs_dim, act_dim, max_action), module.Critic(obs_dim, act_dim)
     actor_target, critic_target = copy.deepcopy(actor).requires_grad_(False), copy.deepcopy(critic).requires_grad_(False)
     actor_opt = torch.optim.Adam(actor.parameters(), lr=3e-4, fused=True)
     critic_opt = torch.optim.Adam(critic.parameters(), lr=3e-4, fused=True)
@@ -199,12 +203,14 @@ def ours_offline_update(table, split, batch_size):
     return step
 
 
-def ours_online_step(module, table, n_off, split, env, obs_mean, obs_std, batch_size):
-    """One online step of naive_ft.py / conservative_ft.py / balanced_replay.py, mirroring its loop body."""
+def ours_online_step(module, table, n_off, split, env, obs_mean, obs_std, batch_size, ensemble=5):
+    """One online step of naive_ft.py / conservative_ft.py / balanced_replay.py (an ensemble of `ensemble` agents),
+    mirroring its loop body."""
     obs_dim, act_dim = split[0], split[1]
     device, max_action = table.device, torch.ones(act_dim)
     to_dev = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device)  # noqa: E731
-    actor, actor_target, critic, critic_target, actor_opt, critic_opt = networks(module, obs_dim, act_dim, max_action)
+    actor, actor_target, critic, critic_target, actor_opt, critic_opt = networks(module, obs_dim, act_dim, max_action,
+                                                                                 ensemble)
     pretrained_actor = copy.deepcopy(actor).requires_grad_(False)
     args = module.Args()
     balanced = module is balanced_replay
@@ -415,8 +421,10 @@ if __name__ == "__main__":
                                                    zeros, ones, B),
         "ours: conservative_ft.py step": ours_online_step(conservative_ft, online_table(), n, split,
                                                           gym.make("Hopper-v5"), zeros, ones, B),
-        "ours: balanced_replay.py step": ours_online_step(balanced_replay, online_table(), n, split,
-                                                          gym.make("Hopper-v5"), zeros, ones, B)},
+        "ours: balanced_replay.py step, N=1": ours_online_step(balanced_replay, online_table(), n, split,
+                                                               gym.make("Hopper-v5"), zeros, ones, B, ensemble=1),
+        "ours: balanced_replay.py step, N=5": ours_online_step(balanced_replay, online_table(), n, split,
+                                                               gym.make("Hopper-v5"), zeros, ones, B, ensemble=5)},
         args.rounds, args.round_updates, args.warmup)
     results.update(updates_per_s=updates, steps_per_s=steps)
 
@@ -453,9 +461,11 @@ if __name__ == "__main__":
     for k, v in steps.items():
         results["ratios"][k] = median_ratio(v, td3)
         print(f"| {k} | {np.median(v):.0f} | {results['ratios'][k]:.2f}x textbook TD3 step |")
-    overhead = median_ratio(steps["ours: naive_ft.py step"], steps["ours: balanced_replay.py step"]) - 1
-    print(f"\nbalanced replay's extra machinery: +{100 * overhead:.0f}% time per step over naive_ft.py")
-    results["balanced_overhead"] = overhead
+    overhead = median_ratio(steps["ours: naive_ft.py step"], steps["ours: balanced_replay.py step, N=1"]) - 1
+    ensemble = median_ratio(steps["ours: balanced_replay.py step, N=1"], steps["ours: balanced_replay.py step, N=5"])
+    print(f"\nbalanced replay's extra machinery: +{100 * overhead:.0f}% time per step over naive_ft.py (N=1); "
+          f"its Q-ensemble of 5: {ensemble:.2f}x the time per step of N=1")
+    results["balanced_overhead"], results["ensemble_cost"] = overhead, ensemble
     if "dataset" in results:
         d, e = results["dataset"], results["evaluation"]
         print(f"dataset: {d['transitions']:,} transitions loaded into the replay table in {d['load_into_table_s']:.1f} s "

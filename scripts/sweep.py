@@ -184,9 +184,11 @@ def plan(args: Args) -> dict[Path, list[Run]]:
                                                      "--offline-steps", str(args.offline_steps), "--online-steps", "0",
                                                      "--runs-dir", "{group}", "--run-name", "pretrain"])]
             for m in args.methods:
+                # balanced replay's ensemble: member 0 is the group's agent, the others pretrain in the run as long
+                pre = str(args.offline_steps) if m == "balanced_replay" else "0"
                 for name, flags in runs_of_method[m]:
                     runs.append(Run(name, m, group, ["--checkpoint", ckpt, "--seed", str(seed), *common,
-                                                     "--offline-steps", "0", "--online-steps", str(args.online_steps),
+                                                     "--offline-steps", pre, "--online-steps", str(args.online_steps),
                                                      *shlex.split(extra.get(m, "")), *flags,
                                                      "--runs-dir", "{group}", "--run-name", name]))
             groups[group] = runs

@@ -25,18 +25,22 @@ def test_bench_speed_runs_every_measurement(tmp_path):
     assert set(r["updates_per_s"]) == {"textbook TD3+BC update", "textbook TD3 update", "ours: td3_bc.py update",
                                        "matrix products alone (floor)"}
     assert set(r["steps_per_s"]) == {"textbook TD3 step (+ env step)", "ours: naive_ft.py step",
-                                     "ours: conservative_ft.py step", "ours: balanced_replay.py step"}
+                                     "ours: conservative_ft.py step", "ours: balanced_replay.py step, N=1",
+                                     "ours: balanced_replay.py step, N=5"}
     assert all(len(v) == 1 and v[0] > 0 for v in {**r["updates_per_s"], **r["steps_per_s"]}.values())  # one per round
     assert r["ratios"]["textbook TD3+BC update"] == 1.0 and r["ratios"]["textbook TD3 step (+ env step)"] == 1.0
+    steps = {k: v[0] for k, v in r["steps_per_s"].items()}
     assert r["balanced_overhead"] == pytest.approx(
-        r["steps_per_s"]["ours: naive_ft.py step"][0] / r["steps_per_s"]["ours: balanced_replay.py step"][0] - 1)
+        steps["ours: naive_ft.py step"] / steps["ours: balanced_replay.py step, N=1"] - 1)
+    assert r["ensemble_cost"] == pytest.approx(
+        steps["ours: balanced_replay.py step, N=1"] / steps["ours: balanced_replay.py step, N=5"])
     assert r["dataset"]["transitions"] == 20000
     e = r["evaluation"]
     assert e["episodes"] == 3 and e["env_steps"] > 3
     assert e["mean_return_batched"] == pytest.approx(e["mean_return_one_at_a_time"], rel=1e-3)
     for mem in r["memory_mib"].values():
         assert 0 < mem["peak_rss_during_load_mib"] <= mem["peak_rss_mib"] and 0 < mem["rss_training_mib"] <= mem["peak_rss_mib"]
-    assert "| ours: balanced_replay.py step |" in proc.stdout
+    assert "| ours: balanced_replay.py step, N=5 |" in proc.stdout
 
 
 def test_gemm_floor_flops(monkeypatch):

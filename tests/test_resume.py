@@ -19,12 +19,17 @@ RUNS = {
     "td3_bc.py": ["--offline-steps", "400", "--online-steps", "600"],
     "naive_ft.py": ["--online-steps", "1000", "--reset-optimizers"],
     "conservative_ft.py": ["--online-steps", "1000", "--beta-decay-steps", "500"],
-    "balanced_replay.py": ["--online-steps", "1000", "--warmup-online-steps", "150", "--warmup-updates", "200",
-                           "--online-capacity", "400"],  # a ring smaller than the run: rows are overwritten
+    # an ensemble of 3 (member 0 from --checkpoint, 1 and 2 pretrained in the run); a ring smaller than the run
+    "balanced_replay.py": ["--ensemble-size", "3", "--offline-steps", "100", "--online-steps", "1000",
+                           "--warmup-online-steps", "150", "--warmup-updates", "200", "--online-capacity", "400"],
+    # killed while members 1 and 2 pretrain: the checkpoint holds them and member 0 apart
+    "balanced_replay.py@offline": ["--ensemble-size", "3", "--offline-steps", "1500", "--online-steps", "300",
+                                   "--warmup-online-steps", "100", "--warmup-updates", "50"],
 }
 # the first progress line printed after a checkpoint from which to pick a random kill time (balanced replay:
-# after its warm-up burst)
-FIRST = {"td3_bc.py": "offline step      100/", "balanced_replay.py": " online step      200/"}
+# after its warm-up burst, or in its offline phase)
+FIRST = {"td3_bc.py": "offline step      100/", "balanced_replay.py": " online step      200/",
+         "balanced_replay.py@offline": "offline step      100/"}
 
 
 def same_run(a, b):
@@ -44,11 +49,12 @@ def same_run(a, b):
                     assert torch.equal(s[k], cb[key]["state"][i][k]), (key, i, k)
 
 
-def kill_after_first_checkpoint(script, argv, rng):
-    """Start a run, wait for its first checkpoint (FIRST), SIGKILL it a random 0-1.5 s later; return that delay."""
+def kill_after_first_checkpoint(script, argv, rng, marker=None):
+    """Start a run, wait for its first checkpoint (marker: the progress line printed after it), SIGKILL it a random
+    0-1.5 s later; return that delay."""
     proc = subprocess.Popen([sys.executable, str(ALGOS / script), "--threads", "1", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    marker = FIRST.get(script, " online step        0/")
+    marker = marker or " online step        0/"
     for line in proc.stdout:
         if marker in line:
             break
@@ -60,15 +66,17 @@ def kill_after_first_checkpoint(script, argv, rng):
     return delay
 
 
-@pytest.mark.parametrize("script", list(RUNS))
-def test_sigkill_then_resume_is_bit_identical(pretrained, tmp_path, script):
+@pytest.mark.parametrize("key", list(RUNS))
+def test_sigkill_then_resume_is_bit_identical(pretrained, tmp_path, key):
+    script = key.split("@")[0]
     ckpt = [] if script == "td3_bc.py" else ["--checkpoint", str(pretrained / "offline" / "checkpoint.pt")]
-    argv = ["--dataset-id", TINY_ID, *ckpt, *SHORT, *RUNS[script], "--runs-dir", str(tmp_path)]
+    argv = ["--dataset-id", TINY_ID, *ckpt, *SHORT, *RUNS[key], "--runs-dir", str(tmp_path)]
     run_script(script, *argv, "--run-name", "whole")
-    delay = kill_after_first_checkpoint(script, [*argv, "--run-name", "killed"], random.Random())
+    delay = kill_after_first_checkpoint(script, [*argv, "--run-name", "killed"], random.Random(), FIRST.get(key))
     killed = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)
     print(f"killed {delay:.2f} s after the first checkpoint, resuming from {killed['phase']} step {killed['step']}")
     assert not (tmp_path / "killed" / "summary.json").exists(), "killed after the end"
+    assert killed["phase"] == ("offline" if key.endswith("@offline") else killed["phase"]), "killed after pretraining"
     # the same kill, then a second kill inside the next checkpoint write: the metrics row and some online rows of
     # the next checkpoint are on disk, its temporary file half-written, checkpoint.pt still the old one
     shutil.copytree(tmp_path / "killed", tmp_path / "mid_write")

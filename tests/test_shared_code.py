@@ -13,15 +13,15 @@ from conftest import ALGOS
 ALL = ("td3_bc", "naive_ft", "conservative_ft", "balanced_replay")
 SHARED = {  # name -> the scripts that hold an identical copy
     **{name: ALL for name in (
-        "Actor", "EnsembleLinear", "Critic",  # networks
+        "EnsembleLinear", "Critic",  # networks
         "evaluate", "collapse_summary", "run_metadata",  # evaluation and run records
         "CHECKPOINT_FORMAT", "atomic_save", "load_checkpoint", "weights_sha256",  # checkpoints
         "load_run", "resume_args", "reopen", "save_online_rows", "load_online_rows",  # --resume
         "replay_episode",  # the online env mid-episode
         "nan_guard",  # inside the main block
     )},
-    **{name: ("td3_bc", "naive_ft", "conservative_ft") for name in ("replay_indices", "sample")},  # balanced replay
-    # samples from its sum tree instead
+    # balanced replay samples from its sum tree instead, and its actor is an ensemble (EnsembleActor)
+    **{name: ("td3_bc", "naive_ft", "conservative_ft") for name in ("Actor", "replay_indices", "sample")},
 }
 METHOD = {"Args", "update", "validate", "checkpoint", "log"}  # defined in every script, differ by design
 

@@ -131,16 +131,22 @@ def test_bad_grids_fail_before_anything_runs(whole, argv, message):
 
 
 def test_variants_apply_where_accepted(minari_root, tmp_path):
-    proc = sweep("--methods", "naive_ft", "td3_bc", "--dataset-ids", TINY_ID, "--seeds", "0", "--out",
-                 str(tmp_path / "v"), "--variant", "reset=--reset-optimizers", "--variant", "half=--offline-ratio=0.5",
+    proc = sweep("--methods", "naive_ft", "td3_bc", "balanced_replay", "--dataset-ids", TINY_ID, "--seeds", "0",
+                 "--offline-steps", "300", "--out", str(tmp_path / "v"), "--variant", "reset=--reset-optimizers",
+                 "--variant", "half=--offline-ratio=0.5", "--variant", "n1=--ensemble-size 1",
                  "--method-flags", "naive_ft=--expl-noise 0.2", "--dry-run")
     lines = proc.stdout.splitlines()
     assert "sweep: variant reset skipped for td3_bc (its --help lacks --reset-optimizers)" in lines
+    assert "sweep: variant n1 skipped for naive_ft (its --help lacks --ensemble-size)" in lines
     cmds = {line.split("--run-name ")[1]: line for line in lines if "--run-name" in line}
-    assert sorted(cmds) == ["naive_ft", "naive_ft-half", "naive_ft-reset", "pretrain", "td3_bc", "td3_bc-half"]
+    assert sorted(cmds) == ["balanced_replay", "balanced_replay-n1", "balanced_replay-reset", "naive_ft",
+                            "naive_ft-half", "naive_ft-reset", "pretrain", "td3_bc", "td3_bc-half"]
     assert "--reset-optimizers" in cmds["naive_ft-reset"] and "--offline-ratio=0.5" in cmds["td3_bc-half"]
     assert all("--expl-noise 0.2" in c for n, c in cmds.items() if n.startswith("naive_ft"))
     assert "--expl-noise" not in cmds["td3_bc"] and not (tmp_path / "v").exists()
+    # balanced replay's ensemble pretrains its other members in the run, as long as the group's agent trained
+    assert all(("--offline-steps 300" if n.startswith(("balanced", "pretrain")) else "--offline-steps 0") in c
+               for n, c in cmds.items())
 
 
 @pytest.fixture(scope="module")
