@@ -232,12 +232,15 @@ if __name__ == "__main__":
         raise SystemExit(0)
     md = (BENCH.parent / "benchmarks.md").read_text()
     if a.sweep:
+        grid = json.loads((Path(a.sweep) / "sweep.json").read_text())
+        n, every = grid["online_steps"], grid["eval_every"]  # diagnostics at 1/20, 1/4 and all of the online steps
+        at = tuple(max(every, n // k // every * every) for k in (20, 4)) + (n,)
         for d in sorted(p for p in Path(a.sweep).iterdir() if p.is_dir() and p.name != "logs"):
             label = lambda n: METHODS[n.split("-")[0]] + (f" [{n.split('-', 1)[1]}]" if "-" in n else "")  # noqa
             labelled = {label(n): rs for n, rs in sweep_runs(d).items()}
             for name, body in ((f"sweep/{Path(a.sweep).name}/{d.name}", sweep_block(d)),
                                (f"sweepdiag/{Path(a.sweep).name}/{d.name}",
-                                diagnostics_block(d, (5000, 25000, 100000), labelled))):
+                                diagnostics_block(d, at, labelled))):
                 if f"<!-- report:{name} -->" in md:
                     md = replace_block(md, name, body)
                 else:
