@@ -1,5 +1,5 @@
-"""Balanced replay: TD3 finetuning whose replay is prioritized by a learned density ratio d_online / d_offline
-(Lee, Seo, Lee, Abbeel & Shin, "Offline-to-Online Reinforcement Learning via Balanced Replay and Pessimistic
+"""Balanced replay and a pessimistic Q-ensemble: TD3 finetuning of an ensemble of pretrained agents whose replay is
+prioritized by a learned density ratio d_online / d_offline (Lee, Seo, Lee, Abbeel & Shin, "Offline-to-Online Reinforcement Learning via Balanced Replay and Pessimistic
 Q-Ensemble", CoRL 2021, arXiv 2107.00591). Details follow the authors' code (shlee94/Off2OnRL, rlkit-based):
 
 - One prioritized buffer holds every offline transition plus the online ones (online capacity
