@@ -638,7 +638,8 @@ if __name__ == "__main__":
     env_spec = data.dataset.spec.env_spec.to_json()
     if ckpt and (tuple(ckpt["obs_shape"]) != obs_space.shape or tuple(ckpt["act_shape"]) != act_space.shape
                  or json.loads(ckpt["env_spec"])["id"] != json.loads(env_spec)["id"]):
-        raise SystemExit(f"error: checkpoint {args.checkpoint[0] if agents else run_dir} was made for {json.loads(ckpt['env_spec'])['id']} with "
+        raise SystemExit(f"error: checkpoint {args.checkpoint[0] if agents else run_dir} was made for "
+                         f"{json.loads(ckpt['env_spec'])['id']} with "
                          f"observations {tuple(ckpt['obs_shape'])} and actions {tuple(ckpt['act_shape'])}, but dataset "
                          f"{dataset_id} is {data.dataset.spec.env_spec.id} with {obs_space.shape} and {act_space.shape}")
     if not np.allclose(act_space.low, -act_space.high):
@@ -677,6 +678,8 @@ if __name__ == "__main__":
         for name, obj in zip(NETS, nets):
             if saved and saved[name] is not None:
                 obj.load_state_dict(saved[name])
+            elif saved:  # stack_members: a member never trained
+                print(f"note: a member has no {name} state (it never trained): the ensemble's {name} starts fresh")
         return nets
 
     # members 0..k-1 come from --checkpoint, k..N-1 are pretrained here (an ensemble of their own in the offline
