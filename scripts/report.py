@@ -245,7 +245,7 @@ if __name__ == "__main__":
                     md = replace_block(md, name, body)
                 else:
                     print(f"{name} (no block in benchmarks.md):\n{body}\n")
-            if not a.no_plots:
+            if not a.no_plots and labelled:  # no curves before a finetuning run exists
                 finetune_plot(d, BENCH / f"sweep_{Path(a.sweep).name}_{d.name}.png", labelled)
         (BENCH.parent / "benchmarks.md").write_text(md)
         raise SystemExit(0)
