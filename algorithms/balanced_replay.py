@@ -244,7 +244,7 @@ def update(step: int, batch, actor, actor_target, critic, critic_target, actor_o
             actor_loss = -(lmbda * q_pi).mean(1).sum() + reg_loss
         else:  # the ensemble's action maximizes mean_i min(Q_i1, Q_i2): pessimism, nothing holds it near the data
             q_pi = critic(obs, actor(obs)).view(2, n, -1).min(0).values
-            lmbda, reg_loss = torch.ones((n, 1), device=obs.device), torch.zeros((), device=obs.device)
+            lmbda, reg_loss = torch.ones((), device=obs.device), torch.zeros((), device=obs.device)
             actor_loss = -q_pi.mean(1).sum()  # = -N mean_i min(Q_i1, Q_i2): a sum over members, as offline
         actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward(inputs=list(actor.parameters()))  # gradients for the actors only
