@@ -372,8 +372,8 @@ def run_metadata(device: torch.device) -> dict:
             return subprocess.run(["git", "-C", here, *cmd], capture_output=True, text=True, check=True).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return None
-    return {"git_commit": git("rev-parse", "HEAD"),  # dirty: a tracked file differs (run outputs do not count)
-            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    return {"git_commit": git("rev-parse", "HEAD"),  # dirty: a tracked file differs (benchmarks/ run files aside)
+            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ":(top,exclude)benchmarks")),
             "packages": {p: version(p) for p in ("torch", "numpy", "gymnasium", "mujoco", "minari", "tyro")},
             "python": sys.version.split()[0], "torch_threads": torch.get_num_threads(), "device": str(device),
             "command": " ".join(sys.argv), "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

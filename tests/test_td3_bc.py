@@ -51,6 +51,37 @@ def test_run_directory_contents(smoke_runs):
     assert not (run / "checkpoint.pt.tmp").exists()
 
 
+def test_git_dirty_counts_code_not_run_files(tmp_path, monkeypatch):
+    """args.json's git_dirty: a changed tracked file in the code makes the run dirty; committed run files under
+    benchmarks/ that a sweep rewrites (sweep.json, a resumed agent's args.json) do not."""
+    import importlib.util
+    import shutil
+    import sys
+
+    repo = tmp_path / "repo"
+    (repo / "algorithms").mkdir(parents=True)
+    (repo / "benchmarks").mkdir()
+    shutil.copy(ROOT / "algorithms" / "td3_bc.py", repo / "algorithms")
+    (repo / "algorithms" / "notes.txt").write_text("a\n")
+    (repo / "benchmarks" / "sweep.json").write_text("{}\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    spec = importlib.util.spec_from_file_location("td3_bc_copy", repo / "algorithms" / "td3_bc.py")
+    copy = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, copy)  # dataclasses look their module up there
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the copy puts its folder first
+    spec.loader.exec_module(copy)
+    meta = lambda: copy.run_metadata(torch.device("cpu"))  # noqa: E731
+    assert meta()["git_dirty"] is False and len(meta()["git_commit"]) == 40
+    (repo / "benchmarks" / "sweep.json").write_text('{"runs": {}}\n')
+    (repo / "untracked.txt").write_text("x\n")
+    assert meta()["git_dirty"] is False
+    (repo / "algorithms" / "notes.txt").write_text("b\n")
+    assert meta()["git_dirty"] is True
+
+
 def _tensors(ckpt):
     """Every tensor in a checkpoint, flattened to {path: tensor}."""
     out = {}
