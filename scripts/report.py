@@ -106,6 +106,10 @@ def sweep_block(dataset_dir: Path) -> str:
                if (r / "summary.json").exists()}
     label = lambda name: METHODS[name.split("-")[0]] + (f" [{name.split('-', 1)[1]}]" if "-" in name else "")  # noqa
     rows = [finetune_row(label(name), rs) for name, rs in runs.items()]
+    grid = json.loads((dataset_dir.parent / "sweep.json").read_text()) if (dataset_dir.parent / "sweep.json").exists() else {}
+    made = ["", f"Made by `{grid['command']}` (stand-in data where the id says standin)."] if grid.get("command") else []
+    if not any(rows):
+        return "\n".join(["No finetuning run of this dataset has finished yet."] + made)
     out = finetune_header("/".join(f"{w // 1000}k" for w in sorted(windows)) or "window") + [r for r in rows if r]
     seeds = sorted({r.parent.name for rs in runs.values() for r in rs}, key=lambda s: int(s[4:]))
     out += ["", "Per seed, mean score after step 0 / final score (– : not finished):", "",
@@ -117,10 +121,7 @@ def sweep_block(dataset_dir: Path) -> str:
                 ev = evals(read_csv(r / "metrics.csv"), "online")
                 cells[r.parent.name] = f"{statistics.mean(v for t, v in ev if t > 0):.1f} / {ev[-1][1]:.1f}"
         out.append(f"| {label(name)} | " + " | ".join(cells.get(s, "–") for s in seeds) + " |")
-    grid = json.loads((dataset_dir.parent / "sweep.json").read_text()) if (dataset_dir.parent / "sweep.json").exists() else {}
-    if grid.get("command"):
-        out += ["", f"Made by `{grid['command']}` (stand-in data where the id says standin)."]
-    return "\n".join(out)
+    return "\n".join(out + made)
 
 
 def diagnostics_block(dataset_dir: Path, steps=(2500, 10000, 50000), runs: dict[str, list[Path]] | None = None) -> str:
@@ -138,7 +139,24 @@ def diagnostics_block(dataset_dir: Path, steps=(2500, 10000, 50000), runs: dict[
         m = lambda col, s: statistics.mean(float(r[s][col]) for r in rows)  # noqa: E731
         out.append(f"| {label} | " + " | ".join(f"{m('pi_dist', s):.2f}" for s in steps) + " | " +
                    " | ".join(f"{m('q_pi_offline', s):.0f} / {m('q_pi_online', s):.0f}" for s in steps) + " |")
-    return "\n".join(out)
+    return "\n".join(out) if len(out) > 2 else "(no finished run yet)"
+
+
+def replay_block(runs: dict[str, list[Path]], steps) -> str:
+    """Balanced replay's own diagnostics at a few online steps, mean over finished seeds: the share of online
+    transitions in the RL batches and the Q-ensemble's disagreement q_std (runs {label: run dirs}; only runs that
+    log them)."""
+    cols = {"online share": "online_share", "Q std over members": "q_std"}
+    out = ["| method | " + " | ".join(f"{c} @{s:,}" for c in cols for s in steps) + " |",
+           "|---" * (1 + len(cols) * len(steps)) + "|"]
+    for label, dirs in runs.items():
+        rows = [{int(r["step"]): r for r in read_csv(p / "metrics.csv") if r["phase"] == "online"}
+                for p in dirs if (p / "summary.json").exists()]
+        rows = [r for r in rows if all(s in r and r[s].get("online_share") for s in steps)]
+        if rows:
+            out.append(f"| {label} | " + " | ".join(
+                f"{statistics.mean(float(r[s][col]) for r in rows):.3g}" for col in cols.values() for s in steps) + " |")
+    return "\n".join(out) if len(out) > 2 else "(no finished balanced replay run yet)"
 
 
 def online_share_block(dataset_dir: Path) -> str:
@@ -239,11 +257,11 @@ if __name__ == "__main__":
             label = lambda n: METHODS[n.split("-")[0]] + (f" [{n.split('-', 1)[1]}]" if "-" in n else "")  # noqa
             labelled = {label(n): rs for n, rs in sweep_runs(d).items()}
             for name, body in ((f"sweep/{Path(a.sweep).name}/{d.name}", sweep_block(d)),
-                               (f"sweepdiag/{Path(a.sweep).name}/{d.name}",
-                                diagnostics_block(d, at, labelled))):
+                               (f"sweepdiag/{Path(a.sweep).name}/{d.name}", diagnostics_block(d, at, labelled)),
+                               (f"sweepreplay/{Path(a.sweep).name}/{d.name}", replay_block(labelled, at))):
                 if f"<!-- report:{name} -->" in md:
                     md = replace_block(md, name, body)
-                else:
+                elif not body.startswith("(no "):
                     print(f"{name} (no block in benchmarks.md):\n{body}\n")
             if not a.no_plots and labelled:  # no curves before a finetuning run exists
                 finetune_plot(d, BENCH / f"sweep_{Path(a.sweep).name}_{d.name}.png", labelled)

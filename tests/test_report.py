@@ -111,3 +111,32 @@ def test_diagnostics_block_for_labelled_runs(tmp_path):
         (d / "summary.json").write_text("{}")
     lines = report.diagnostics_block(tmp_path, (5, 10), {"naive": sorted(tmp_path.glob("seed*/naive_ft"))}).splitlines()
     assert lines[2] == "| naive | 0.20 | 0.40 | 20 / 40 | 60 / 80 |"
+    assert report.diagnostics_block(tmp_path, (5, 20), {"naive": sorted(tmp_path.glob("seed*/naive_ft"))}) == \
+        "(no finished run yet)"  # no run reached step 20
+
+
+def test_replay_block_and_a_dataset_without_finished_runs(tmp_path):
+    """Balanced replay's online share and Q-ensemble std at the diagnostic steps, mean over finished seeds; a
+    sweep dataset with no finished run says so instead of printing empty tables."""
+    cols = "phase,step,online_share,q_std,eval_score\n"
+    for seed, scale in ((0, 1.0), (1, 3.0)):
+        d = tmp_path / "ens" / "ds" / f"seed{seed}" / "balanced_replay"
+        d.mkdir(parents=True)
+        (d / "metrics.csv").write_text(cols + f"online,5,{0.1 * scale},{scale},\nonline,10,{0.2 * scale},{2 * scale},\n")
+        (d / "summary.json").write_text("{}")
+    unfinished = tmp_path / "ens" / "ds" / "seed2" / "balanced_replay"
+    unfinished.mkdir(parents=True)
+    (unfinished / "metrics.csv").write_text(cols + "online,5,0.9,9,\nonline,10,0.9,9,\n")
+    naive = tmp_path / "ens" / "ds" / "seed0" / "naive_ft"  # logs neither: no row
+    write_run(naive, [("online", 5, 0.1, 50.0, 1), ("online", 10, 0.1, 50.0, 1)], {"final_score": 50.0})
+    runs = {"balanced": sorted((tmp_path / "ens" / "ds").glob("seed*/balanced_replay")), "naive": [naive]}
+    lines = report.replay_block(runs, (5, 10)).splitlines()
+    assert lines[0] == "| method | online share @5 | online share @10 | Q std over members @5 | Q std over members @10 |"
+    assert lines[2:] == ["| balanced | 0.2 | 0.4 | 2 | 4 |"]
+    assert report.replay_block({"naive": [naive]}, (5, 10)) == "(no finished balanced replay run yet)"
+    (tmp_path / "ens" / "sweep.json").write_text(json.dumps({"command": "python scripts/sweep.py --seeds 2"}))
+    empty = tmp_path / "ens" / "other" / "seed2" / "naive_ft"
+    write_run(empty, [("online", 0, "", 50.0, 1)])  # started, not finished
+    assert report.sweep_block(empty.parents[1]).splitlines() == [
+        "No finetuning run of this dataset has finished yet.", "",
+        "Made by `python scripts/sweep.py --seeds 2` (stand-in data where the id says standin)."]
