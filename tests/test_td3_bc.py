@@ -1,6 +1,9 @@
 """td3_bc.py through its CLI: smoke run, run directory, determinism, bad input; and its building blocks."""
+import importlib.util
 import json
+import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -54,10 +57,6 @@ def test_run_directory_contents(smoke_runs):
 def test_git_dirty_counts_code_not_run_files(tmp_path, monkeypatch):
     """args.json's git_dirty: a changed tracked file in the code makes the run dirty; committed run files under
     benchmarks/ that a sweep rewrites (sweep.json, a resumed agent's args.json) do not."""
-    import importlib.util
-    import shutil
-    import sys
-
     repo = tmp_path / "repo"
     (repo / "algorithms").mkdir(parents=True)
     (repo / "benchmarks").mkdir()
