@@ -1,0 +1,24 @@
+"""The docs a researcher reads: no tabs or other control characters (a TeX command written through a non-raw Python
+string loses its backslash: `\\tfrac` becomes a TAB and `frac`, `\\big` a backspace and `ig`), and display math
+that opens and closes."""
+import re
+import subprocess
+
+import pytest
+from conftest import ROOT
+
+TEXT = [p for p in subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True,
+                                  check=True).stdout.split() if p.endswith((".md", ".py", ".toml"))]
+
+
+@pytest.mark.parametrize("path", TEXT)
+def test_no_control_characters(path):
+    text = (ROOT / path).read_text(encoding="utf-8")
+    bad = [(n, repr(m.group())) for n, line in enumerate(text.split("\n"), 1)
+           for m in re.finditer(r"[\x00-\x09\x0b-\x1f\x7f]", line)]
+    assert not bad, f"{path}: control characters at (line, char) {bad[:5]}"
+
+
+@pytest.mark.parametrize("path", [p for p in TEXT if p.endswith(".md")])
+def test_display_math_is_closed(path):
+    assert (ROOT / path).read_text(encoding="utf-8").count("$$") % 2 == 0, f"{path}: an unclosed $$ block"
