@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import random
 import subprocess
 import sys
@@ -59,7 +60,7 @@ class Args:
     checkpoint: str | None = None
     """a td3_bc.py checkpoint.pt to start from (weights, optimizer states, normalization, dataset id)"""
     seed: int = 0
-    """seeds Python, NumPy, torch, the online env and the evaluation episodes; same seed + same machine +
+    """seeds Python, NumPy, torch, the online env and the evaluation episodes; same seed + same CPU model +
     same --threads => identical run on CPU"""
     device: str = "auto"
     """`auto` (cuda if available, else cpu), `cpu` or `cuda`"""
@@ -403,7 +404,21 @@ def run_metadata(device: torch.device) -> dict:
             "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ":(top,exclude)benchmarks")),
             "packages": {p: version(p) for p in ("torch", "numpy", "gymnasium", "mujoco", "minari", "tyro")},
             "python": sys.version.split()[0], "torch_threads": torch.get_num_threads(), "device": str(device),
-            "command": " ".join(sys.argv), "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "cpu": cpu_name(), "command": " ".join(sys.argv), "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def cpu_name() -> str:
+    """The CPU model and the kernels torch picks for it: bit-identical results need the same CPU model, not only the
+    same seed and threads (math libraries choose their code paths, and so their rounding, by CPU)."""
+    try:  # the first processor's block of /proc/cpuinfo (Linux)
+        info = dict(map(str.strip, line.split(":", 1)) for line in
+                    Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines() if ":" in line)
+    except OSError:
+        info = {}
+    isa = [f for f in ("avx2", "avx512f", "avx512_fp16", "amx_tile") if f in info.get("flags", "").split()]
+    return (f"{info.get('vendor_id', '')} {info.get('model name') or platform.processor() or platform.machine()} "
+            f"(family {info.get('cpu family', '?')} model {info.get('model', '?')} stepping {info.get('stepping', '?')}; "
+            f"{' '.join(isa) or 'no avx2'}; torch kernels {torch.backends.cpu.get_cpu_capability()})").strip()
 
 
 def validate(args: Args) -> None:

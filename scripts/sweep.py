@@ -10,7 +10,7 @@ Layout: OUT/sweep.json (the grid), OUT/<dataset id, / -> ->/seed<S>/pretrain/ an
 (run directories of the algorithm scripts; their logs in OUT/logs/). Every run gets `--threads 1`. Seeds vary the
 pretrained agent too. Checkpoints and online rows are git-ignored, so under benchmarks/ a finished run commits as
 its small files (args.json, metrics.csv, episodes.csv, summary.json); a missing agent is pretrained again (same
-seed, threads and kind of machine => the same weights), and runs finetuned from a different agent are refused.
+seed, threads and CPU model => the same weights), and runs finetuned from a different agent are refused.
 """
 from __future__ import annotations
 
@@ -226,13 +226,17 @@ def check_grid(args: Args, groups: dict[Path, list[Run]]) -> None:
 def agent_check(group: Path, runs: list[Run]) -> str | None:
     """After pretraining: the agent must be the one the group's existing finetuning runs started from."""
     agent = weights_sha256(group / "pretrain" / "checkpoint.pt")
+    def cpu(args_json: Path) -> str:  # where the run last started or resumed
+        run = json.loads(args_json.read_text())
+        return (run.get("resumes") or [run])[-1].get("meta", {}).get("cpu") or "a CPU not recorded"
     for r in runs[1:]:
         if (r.dir / "args.json").exists():
             used = json.loads((r.dir / "args.json").read_text()).get("checkpoint_sha256")
             if used != agent:
-                return (f"{group}: the pretrained agent (sha256 {agent[:12]}) differs from the one {r.name} was "
-                        f"finetuned from ({str(used)[:12]}), e.g. pretrained on another kind of machine; remove "
-                        f"those runs or pretrain where they were made")
+                return (f"{group}: the pretrained agent (sha256 {agent[:12]}, made on {cpu(runs[0].dir / 'args.json')}) "
+                        f"differs from the one {r.name} was finetuned from ({str(used)[:12]}; {r.name} ran on "
+                        f"{cpu(r.dir / 'args.json')}): same seed and threads give the same agent only on the same CPU "
+                        f"model; remove those runs or pretrain where they were made")
     return None
 
 

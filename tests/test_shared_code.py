@@ -14,7 +14,7 @@ ALL = ("td3_bc", "naive_ft", "conservative_ft", "balanced_replay")
 SHARED = {  # name -> the scripts that hold an identical copy
     **{name: ALL for name in (
         "EnsembleLinear", "Critic",  # networks
-        "evaluate", "collapse_summary", "run_metadata",  # evaluation and run records
+        "evaluate", "collapse_summary", "run_metadata", "cpu_name",  # evaluation and run records
         "CHECKPOINT_FORMAT", "atomic_save", "load_checkpoint", "weights_sha256",  # checkpoints
         "load_run", "resume_args", "reopen", "save_online_rows", "load_online_rows",  # --resume
         "replay_episode",  # the online env mid-episode

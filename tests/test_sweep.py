@@ -111,6 +111,20 @@ def test_a_missing_agent_is_pretrained_again_and_must_match(whole, tmp_path):
     proc = sweep(*GRID, "--out", str(out), check=False)
     assert proc.returncode != 0 and proc.stderr.strip().startswith(f"error: {group(out, 0)} mixes runs finetuned "
                                                                    f"from different agents")
+    # an agent pretrained again that is not the one a finished run started from (another CPU model, say): the
+    # group's other runs do not start, and the message names both CPUs
+    shutil.rmtree(group(out, 0))
+    for p in (group(out, 1) / "pretrain").glob("*.pt"):
+        p.unlink()
+    shutil.rmtree(group(out, 1) / "naive_ft")
+    info = json.loads((group(out, 1) / "conservative_ft" / "args.json").read_text())
+    assert info["meta"]["cpu"] == td3_bc.cpu_name()  # recorded by every run
+    info["checkpoint_sha256"], info["meta"]["cpu"] = "0" * 64, "AuthenticAMD Some Other CPU"
+    (group(out, 1) / "conservative_ft" / "args.json").write_text(json.dumps(info))
+    proc = sweep(*GRID, "--out", str(out), check=False)
+    assert proc.returncode != 0 and not (group(out, 1) / "naive_ft").exists()
+    assert f"FAILED {group(out, 1)}: the pretrained agent" in proc.stdout
+    assert f"made on {td3_bc.cpu_name()}" in proc.stdout and "ran on AuthenticAMD Some Other CPU" in proc.stdout
 
 
 @pytest.mark.parametrize("argv, message", [
