@@ -121,7 +121,18 @@ def sweep_block(dataset_dir: Path) -> str:
                 ev = evals(read_csv(r / "metrics.csv"), "online")
                 cells[r.parent.name] = f"{statistics.mean(v for t, v in ev if t > 0):.1f} / {ev[-1][1]:.1f}"
         out.append(f"| {label(name)} | " + " | ".join(cells.get(s, "–") for s in seeds) + " |")
-    return "\n".join(out + made)
+    return "\n".join(out + ["", "Agents (weight hash of each seed's TD3+BC agent, the CPU it was pretrained on): "
+                             + "; ".join(agent(dataset_dir / s, runs) for s in seeds) + "."] + made)
+
+
+def agent(group: Path, runs: dict[str, list[Path]]) -> str:
+    """`seedS 1a2b3c4d… (CPU)`: the agent the group's finished runs started from (their args.json), and the CPU of
+    its pretraining run's last start (meta.cpu; runs made before it was recorded say so)."""
+    hashes = sorted({json.loads((r / "args.json").read_text()).get("checkpoint_sha256") or "?" for rs in runs.values()
+                     for r in rs if r.parent == group and (r / "summary.json").exists() and (r / "args.json").exists()})
+    pre = json.loads((group / "pretrain" / "args.json").read_text()) if (group / "pretrain" / "args.json").exists() else {}
+    cpu = (pre.get("resumes") or [pre])[-1].get("meta", {}).get("cpu") or "CPU not recorded"
+    return f"{group.name} {' '.join(h[:8] + '…' for h in hashes) or '–'} ({cpu})"
 
 
 def diagnostics_block(dataset_dir: Path, steps=(2500, 10000, 50000), runs: dict[str, list[Path]] | None = None) -> str:
