@@ -3,10 +3,12 @@ and the script through its CLI (smoke, determinism, handoff, errors)."""
 import copy
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import read_metrics, run_script
+from conftest import ROOT, read_metrics, run_script
 
 import balanced_replay as br
 import td3_bc
@@ -392,3 +394,38 @@ def test_inconsistent_checkpoints(br_runs, tmp_path):
     assert proc.returncode != 0 and proc.stderr.strip() == (
         "error: 2 of the 3 ensemble members have no --checkpoint, and --offline-steps 0 would finetune them untrained")
     assert not (tmp_path / "r").exists()
+
+
+def test_probe_ensemble_shows_the_ensemble_as_it_starts_online(br_runs, tmp_path):
+    """scripts/probe_ensemble.py on the last offline checkpoint of a run with --online-steps 0 stacks member 0 (from
+    --checkpoint) and the member pretrained in the run exactly as the handoff does: the actors it probes are the
+    online run's pi_0, bit for bit. Its numbers are those of the networks it loads; a single agent is refused."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import probe_ensemble
+
+    run_script("balanced_replay.py", "--checkpoint", str(br_runs / "offline" / "checkpoint.pt"), "--ensemble-size",
+               "2", "--offline-steps", "100", *ONLINE, "--online-steps", "0", "--seed", "0", "--runs-dir",
+               str(tmp_path), "--run-name", "offline_only")
+    offline = torch.load(tmp_path / "offline_only" / "checkpoint.pt", weights_only=False)
+    online = torch.load(br_runs / "br_a" / "checkpoint.pt", weights_only=False)  # the same run, finetuned online
+    assert offline["phase"] == "offline" and offline["actor"]["layers.0.weight"].shape[0] == 1  # member 1 only
+    stacked = probe_ensemble.ensemble(offline)
+    assert stacked["n"] == 2 and all(torch.equal(stacked["actor"][k], v) for k, v in online["pretrained_actor"].items())
+    torch.manual_seed(0)
+    obs, act = torch.randn(64, 11), torch.rand(64, 3) * 2 - 1
+    r = probe_ensemble.probe(offline, obs, act)
+    actor = br.EnsembleActor(11, 3, stacked["actor"]["max_action"], offline["args"]["hidden"], 2)
+    critic = br.Critic(11, 3, offline["args"]["hidden"], 4)
+    actor.load_state_dict(stacked["actor"])
+    critic.load_state_dict(stacked["critic"])
+    with torch.no_grad():
+        q = critic(obs, actor(obs)).view(2, 2, -1).min(0).values
+        q_own = critic(obs, actor.members(obs)[1]).view(2, 2, -1).min(0).values
+    assert r["q_std"] == pytest.approx(float(q.std(0, correction=0).mean()), rel=1e-6) and r["q_std"] > 0
+    assert r["q_cross"][1] == pytest.approx(q_own.mean(1).tolist(), rel=1e-6)  # actor 1 under critics 0 and 1
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "probe_ensemble.py"), str(tmp_path / "offline_only" /
+                          "checkpoint.pt"), "--states", "100"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "offline step 100, 2 members, 100 offline states" in proc.stdout, proc.stderr
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "probe_ensemble.py"), str(br_runs / "offline" /
+                          "checkpoint.pt")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and proc.stderr.strip().endswith("is not a balanced_replay.py ensemble checkpoint")
