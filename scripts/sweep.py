@@ -233,7 +233,8 @@ def agent_check(group: Path, runs: list[Run]) -> str | None:
         if (r.dir / "args.json").exists():
             used = json.loads((r.dir / "args.json").read_text()).get("checkpoint_sha256")
             if used != agent:
-                return (f"{group}: the pretrained agent (sha256 {agent[:12]}, made on {cpu(runs[0].dir / 'args.json')}) "
+                made_on = cpu(runs[0].dir / "args.json")
+                return (f"{group}: the pretrained agent (sha256 {agent[:12]}, made on {made_on}) "
                         f"differs from the one {r.name} was finetuned from ({str(used)[:12]}; {r.name} ran on "
                         f"{cpu(r.dir / 'args.json')}): same seed and threads give the same agent only on the same CPU "
                         f"model; remove those runs or pretrain where they were made")

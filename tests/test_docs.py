@@ -7,8 +7,17 @@ import subprocess
 import pytest
 from conftest import ROOT
 
-TEXT = [p for p in subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True,
-                                  check=True).stdout.split() if p.endswith((".md", ".py", ".toml"))]
+def tracked() -> list[str]:
+    """The repository's files (git ls-files), or, outside a git checkout, the top-level docs and the code folders."""
+    try:
+        git = subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True, check=True)
+        files = git.stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        files = [str(p.relative_to(ROOT)) for d in ("", "algorithms", "scripts", "tests") for p in (ROOT / d).glob("*")]
+    return sorted(p for p in files if p.endswith((".md", ".py", ".toml")))
+
+
+TEXT = tracked()
 
 
 @pytest.mark.parametrize("path", TEXT)
