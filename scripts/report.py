@@ -130,9 +130,14 @@ def agent(group: Path, runs: dict[str, list[Path]]) -> str:
     its pretraining run's last start (meta.cpu; runs made before it was recorded say so)."""
     hashes = sorted({json.loads((r / "args.json").read_text()).get("checkpoint_sha256") or "?" for rs in runs.values()
                      for r in rs if r.parent == group and (r / "summary.json").exists() and (r / "args.json").exists()})
-    pre = json.loads((group / "pretrain" / "args.json").read_text()) if (group / "pretrain" / "args.json").exists() else {}
-    cpu = (pre.get("resumes") or [pre])[-1].get("meta", {}).get("cpu") or "CPU not recorded"
-    return f"{group.name} {' '.join(h[:8] + '…' for h in hashes) or '–'} ({cpu})"
+    pre = group / "pretrain" / "args.json"
+    return f"{group.name} {' '.join(h[:8] + '…' for h in hashes) or '–'} ({run_cpu(pre) if pre.exists() else 'CPU not recorded'})"
+
+
+def run_cpu(args_json: Path) -> str:
+    """The CPU a run last started or resumed on (its args.json meta.cpu), or 'CPU not recorded' (older runs)."""
+    run = json.loads(args_json.read_text())
+    return (run.get("resumes") or [run])[-1].get("meta", {}).get("cpu") or "CPU not recorded"
 
 
 def diagnostics_block(dataset_dir: Path, steps=(2500, 10000, 50000), runs: dict[str, list[Path]] | None = None) -> str:

@@ -225,10 +225,9 @@ def check_grid(args: Args, groups: dict[Path, list[Run]]) -> None:
 
 def agent_check(group: Path, runs: list[Run]) -> str | None:
     """After pretraining: the agent must be the one the group's existing finetuning runs started from."""
+    from report import run_cpu as cpu  # scripts/ is sys.path[0] when sweep.py runs
+
     agent = weights_sha256(group / "pretrain" / "checkpoint.pt")
-    def cpu(args_json: Path) -> str:  # where the run last started or resumed
-        run = json.loads(args_json.read_text())
-        return (run.get("resumes") or [run])[-1].get("meta", {}).get("cpu") or "a CPU not recorded"
     for r in runs[1:]:
         if (r.dir / "args.json").exists():
             used = json.loads((r.dir / "args.json").read_text()).get("checkpoint_sha256")
