@@ -1,6 +1,7 @@
 """The study with one command: for each (dataset, seed) pretrain one TD3+BC agent, then finetune every method and
 variant from that same agent, on this machine or through Slurm. Run it again with the same arguments to continue:
-finished runs are kept, interrupted ones resume exactly (`--resume`), missing ones start.
+finished runs are kept, interrupted ones resume exactly (`--resume`), missing ones start. A part of the grid (fewer
+datasets or seeds, e.g. the groups this CPU model can continue) runs alone and keeps OUT/sweep.json's command.
 
     python scripts/sweep.py --methods naive_ft conservative_ft --dataset-ids standin/hopper/medium-v0 \\
         --seeds 0 1 2 --out benchmarks/sweeps/example
@@ -211,6 +212,9 @@ def check_grid(args: Args, groups: dict[Path, list[Run]]) -> None:
             if run in old["runs"] and old["runs"][run] != flags:
                 raise SystemExit(f"error: {out / run} was made with other flags ({' '.join(old['runs'][run])}); "
                                  f"choose another --out or another variant name")
+        if set(grid["runs"]) <= set(old["runs"]):  # a part of the grid (some datasets or seeds): the command of
+            grid["command"] = old["command"]        # record stays the whole grid's
+            print(f"sweep: {len(grid['runs'])} of the {len(old['runs'])} runs of {path} (its command is kept)")
         grid["runs"] = {**old["runs"], **grid["runs"]}
     for group, runs in groups.items():  # runs finetuned from another agent than the group's
         hashes = {r.name: json.loads((r.dir / "args.json").read_text()).get("checkpoint_sha256")
