@@ -127,7 +127,6 @@ def test_a_missing_agent_is_pretrained_again_and_must_match(whole, tmp_path):
     assert f"made on {td3_bc.cpu_name()}" in proc.stdout and "ran on AuthenticAMD Some Other CPU" in proc.stdout
 
 
-
 def test_a_part_of_the_grid_runs_alone_and_keeps_the_command(whole, tmp_path):
     """Fewer seeds (the groups one CPU model can continue, say): only those groups are planned, and sweep.json keeps
     the whole grid's command, the one the report's tables name."""
@@ -141,6 +140,7 @@ def test_a_part_of_the_grid_runs_alone_and_keeps_the_command(whole, tmp_path):
     assert f"3 of the 6 runs of {out / 'sweep.json'}" in proc.stdout
     assert json.loads((out / "sweep.json").read_text()) == recorded
     assert recorded["command"].endswith("--seeds 0 1 " + " ".join(GRID[seeds + 3:]) + f" --out {whole[0]}")
+
 
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "naive_ft", "sac"], "error: unknown method(s) ['sac']; choose from td3_bc, naive_ft"),
