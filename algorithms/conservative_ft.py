@@ -6,14 +6,18 @@ when switching from TD3+BC to TD3, says it depends on the online replay distribu
 and proposes "conservative policy optimization" for stable, sample-efficient finetuning, without the equations.
 What we implement, and why each part targets a cause of collapse the abstract names:
 
-    L_actor = -lambda * mean Q1(s, pi(s)) + beta_t * mean_{batch, action dims} (pi(s) - pi_0(s))^2
+    L_actor = -lambda * mean Q1(s, pi(s)) + beta_t * mean_{batch, action dims} (pi(s) - pi_ref(s))^2
     lambda  = alpha / mean|Q1(s, pi(s))|  (detached, as TD3+BC),   beta_t: --beta-start -> --beta-end linearly
                                                                   over --beta-decay-steps online steps
+    pi_ref  = pi_0 (default), or with --anchor-tau tau_ref > 0:   pi_ref <- pi_ref + tau_ref * (pi - pi_ref)
 
 - Distance from the pretrained policy: naive TD3 lets the actor chase critic errors on actions the data never
   covered, and the first online updates move it far from the competent offline policy. The trust region keeps
   pi near pi_0 (not near the *dataset* actions, which TD3+BC's BC term would do and which caps improvement at
   the data's quality), and its weight decays so finetuning becomes TD3-like once the critic has seen online data.
+- Where naive TD3 would not collapse, holding pi near pi_0 only costs speed (benchmarks.md, section 4). With
+  --anchor-tau the centre is a slow Polyak average of the policy itself (a proximal step, as TRPO's old policy):
+  a sudden move away from it is still penalized, a steady improvement is followed. Off by default until it wins.
 - lambda normalizes the Q scale as in TD3+BC, so beta means the same across tasks and reward scales.
 - Replay distribution: by default every batch is half offline, half online (`--offline-ratio 0.5`, RLPD's
   symmetric sampling), so the critic keeps fitting the offline data that pi_0 was trained on while the few early
@@ -83,6 +87,10 @@ class Args:
     """trust-region weight after --beta-decay-steps online steps (and from then on)"""
     beta_decay_steps: int = 100_000
     """online steps over which beta_t decays linearly from --beta-start to --beta-end (0: --beta-end at once)"""
+    anchor_tau: float = 0.0
+    """the trust region's centre pi_ref: 0 keeps it at the frozen pi_0; tau_ref > 0 lets it follow the policy,
+    pi_ref <- pi_ref + tau_ref * (pi - pi_ref) after every actor update (1e-4: a half-life of ~7k actor updates),
+    so the trust region limits how fast the policy moves, not how far from pi_0 (the anchor drifts)"""
     expl_noise: float = 0.1
     """std of the Gaussian exploration noise added to online actions (times max action)"""
     batch_size: int = 256
@@ -171,9 +179,9 @@ class Critic(nn.Module):
 
 # ---------------------------------------------------------------------------------------------- one update
 def update(step: int, batch, actor, actor_target, critic, critic_target, actor_opt, critic_opt, args,
-           offline: bool, beta: float = 0.0, pretrained_actor=None) -> dict:
+           offline: bool, beta: float = 0.0, anchor=None) -> dict:
     """One gradient step on batch = (s, a, r, s', terminated) with r, terminated of shape (B, 1): TD3+BC when
-    `offline`, else TD3 with the trust region beta * (pi - pi_0)^2. Returns detached scalar tensors."""
+    `offline`, else TD3 with the trust region beta * (pi - pi_ref)^2. Returns detached scalar tensors."""
     obs, act, rew, next_obs, terminated = batch
     rew, terminated = rew.squeeze(-1), terminated.squeeze(-1)
     with torch.no_grad():
@@ -196,9 +204,9 @@ def update(step: int, batch, actor, actor_target, critic, critic_target, actor_o
         if offline:  # TD3+BC pretraining (Fujimoto & Gu 2021, Eq. 3)
             lmbda = args.alpha / q_pi.abs().mean().detach()  # lambda = alpha / mean|Q(s, pi(s))|
             reg_loss = ((pi - act) ** 2).mean()  # behaviour cloning towards the dataset actions
-        else:  # conservative finetuning: trust region around the frozen pretrained policy pi_0
+        else:  # conservative finetuning: trust region around pi_ref (the frozen pretrained policy pi_0 by default)
             lmbda = args.alpha / q_pi.abs().mean().detach()  # lambda = alpha / mean|Q(s, pi(s))|
-            reg_loss = beta * ((pi - pretrained_actor(obs)) ** 2).mean()  # beta_t * mean (pi(s) - pi_0(s))^2
+            reg_loss = beta * ((pi - anchor(obs)) ** 2).mean()  # beta_t * mean (pi(s) - pi_ref(s))^2
         actor_loss = -lmbda * q_pi.mean() + reg_loss
         actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward(inputs=list(actor.parameters()))  # gradients for the actor only
@@ -206,6 +214,8 @@ def update(step: int, batch, actor, actor_target, critic, critic_target, actor_o
         with torch.no_grad():  # Polyak averaging, theta' <- theta' + tau * (theta - theta')
             torch._foreach_lerp_(list(actor_target.parameters()), list(actor.parameters()), args.tau)
             torch._foreach_lerp_(list(critic_target.parameters()), list(critic.parameters()), args.tau)
+            if not offline and args.anchor_tau > 0:  # pi_ref <- pi_ref + tau_ref * (pi - pi_ref)
+                torch._foreach_lerp_(list(anchor.parameters()), list(actor.parameters()), args.anchor_tau)
         info.update(actor_loss=actor_loss.detach(), reg_loss=reg_loss.detach(), lmbda=lmbda)
     return info
 
@@ -428,6 +438,8 @@ def validate(args: Args) -> None:
     for name in ("batch_size", "eval_every", "eval_episodes", "log_every", "policy_freq", "hidden", "collapse_window"):
         if getattr(args, name) <= 0:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if not 0.0 <= args.anchor_tau <= 1.0:
+        raise SystemExit(f"error: --anchor-tau must be in [0, 1], got {args.anchor_tau}")
     if not (0.0 <= args.offline_ratio <= 1.0 or args.offline_ratio == -1.0):
         raise SystemExit(f"error: --offline-ratio must be in [0, 1], or -1 for uniform over all data, "
                          f"got {args.offline_ratio}")
@@ -509,10 +521,12 @@ if __name__ == "__main__":
         for name, obj in (("actor", actor), ("critic", critic), ("actor_target", actor_target),
                           ("critic_target", critic_target), ("actor_opt", actor_opt), ("critic_opt", critic_opt)):
             obj.load_state_dict(ckpt[name])
-    pretrained_actor = None  # pi_0: frozen copy of the actor when the online phase starts
+    pretrained_actor = anchor = None  # pi_0: frozen copy of the actor when the online phase starts; pi_ref
     if state and state["pretrained_actor"] is not None:
         pretrained_actor = copy.deepcopy(actor).requires_grad_(False)
         pretrained_actor.load_state_dict(state["pretrained_actor"])
+        anchor = copy.deepcopy(pretrained_actor) if args.anchor_tau > 0 else pretrained_actor
+        anchor.load_state_dict(state.get("anchor") or state["pretrained_actor"])
 
     # ------------------------------------------------------------------ outputs
     run_dir.mkdir(parents=True, exist_ok=bool(args.resume))
@@ -556,6 +570,7 @@ if __name__ == "__main__":
             "actor_target": actor_target.state_dict(), "critic_target": critic_target.state_dict(),
             "actor_opt": actor_opt.state_dict(), "critic_opt": critic_opt.state_dict(),
             "pretrained_actor": pretrained_actor.state_dict() if pretrained_actor else None,
+            "anchor": anchor.state_dict() if anchor is not pretrained_actor else None,
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                     "diagnostics": diag_gen.get_state()},
@@ -649,6 +664,7 @@ if __name__ == "__main__":
     if args.online_steps > 0:
         if on_done is None:  # the handoff: pi_0, the first reset, the step-0 evaluation (and checkpoint)
             pretrained_actor = copy.deepcopy(actor).requires_grad_(False)
+            anchor = copy.deepcopy(pretrained_actor) if args.anchor_tau > 0 else pretrained_actor  # pi_ref starts at pi_0
             if args.reset_optimizers:  # fresh Adam moments for the online phase
                 actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, **fused)
                 critic_opt = torch.optim.Adam(critic.parameters(), lr=args.lr, **fused)
@@ -681,7 +697,7 @@ if __name__ == "__main__":
                 ep_return, ep_len = 0.0, 0
             info = update(step, sample(online=True), actor, actor_target, critic, critic_target, actor_opt,
                           critic_opt, args, offline=False, beta=beta_schedule(step, args),
-                          pretrained_actor=pretrained_actor)
+                          anchor=anchor)
             extra = None
             if step % args.log_every == 0 or step % args.eval_every == 0 or step == args.online_steps:
                 with torch.no_grad():  # collapse diagnostics on fresh offline and online states

@@ -156,13 +156,36 @@ def test_conservative_update_regularizes_towards_pretrained_policy():
     before = dist()
     for step in range(2, 202, 2):
         conservative_ft.update(step, batch, actor, actor_t, critic, critic_t, a_opt, c_opt, args, offline=False,
-                               beta=1e4, pretrained_actor=actor0)
+                               beta=1e4, anchor=actor0)
     assert dist() < 0.05 * before
+
+
+def test_anchor_follows_the_policy(finetuned, tmp_path):
+    """--anchor-tau moves the trust region's centre pi_ref from pi_0 towards the actor. At tau_ref = 1 it is the
+    actor itself at every actor update, so the trust region has no gradient: the run is beta = 0's, bit for bit."""
+    def run(name, *flags):
+        run_script("conservative_ft.py", "--checkpoint", str(finetuned / "offline" / "checkpoint.pt"), *ONLINE,
+                   *flags, "--runs-dir", str(tmp_path), "--run-name", name)
+        return torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)
+
+    frozen = torch.load(finetuned / "conservative_ft_a" / "checkpoint.pt", weights_only=False)
+    follow, one = run("follow", "--anchor-tau", "0.01"), run("one", "--anchor-tau", "1")
+    free = run("free", "--beta-start", "0", "--beta-end", "0")
+    assert frozen["anchor"] is None  # the default: pi_ref is pi_0
+    dist = lambda a, b: sum(float((a[k] - b[k]).norm()) for k in a)  # noqa: E731
+    pi0, pi = follow["pretrained_actor"], follow["actor"]
+    assert 0 < dist(follow["anchor"], pi0) and dist(follow["anchor"], pi) < dist(pi0, pi)
+    assert any(not torch.equal(follow["actor"][k], frozen["actor"][k]) for k in pi)
+    assert all(torch.equal(one["anchor"][k], one["actor"][k]) for k in pi)
+    assert all(torch.equal(one["actor"][k], free["actor"][k]) for k in pi)
+    assert all(float(r["reg_loss"]) == 0.0 for r in read_metrics(tmp_path / "one" / "metrics.csv")[1:])
+    proc = run_script("conservative_ft.py", "--anchor-tau", "1.5", "--runs-dir", str(tmp_path), check=False)
+    assert proc.returncode != 0 and proc.stderr.strip() == "error: --anchor-tau must be in [0, 1], got 1.5"
 
 
 def test_diff_naive_conservative_shows_only_the_method():
     """Outside the module docstrings, every line that differs is about the method: the trust region, its
-    schedule and flags, lambda, the frozen pi_0, and the default replay ratio."""
+    schedule and flags, lambda, the frozen pi_0, the trust region's centre pi_ref, and the default replay ratio."""
     import difflib
 
     def code(name):
@@ -172,7 +195,8 @@ def test_diff_naive_conservative_shows_only_the_method():
             if line[:1] in "+-" and line[:3] not in ("+++", "---")]
     added = [line[1:] for line in diff if line[0] == "+"]
     removed = [line[1:] for line in diff if line[0] == "-"]
-    keywords = ("beta", "offline_ratio", "pretrained_actor", "lmbda", "reg_loss", "trust region", "conservative_ft")
+    keywords = ("beta", "offline_ratio", "pretrained_actor", "anchor", "pi_ref", "lmbda", "reg_loss", "trust region",
+                "conservative_ft")
     assert all(any(k in line for k in keywords) or not line.strip() for line in added), added
     assert 0 < len(removed) <= 10, removed  # naive lines replaced by the method's versions
 

@@ -18,7 +18,7 @@ SHORT = ["--eval-every", "100", "--log-every", "50", "--eval-episodes", "2", "--
 RUNS = {
     "td3_bc.py": ["--offline-steps", "400", "--online-steps", "600"],
     "naive_ft.py": ["--online-steps", "1000", "--reset-optimizers"],
-    "conservative_ft.py": ["--online-steps", "1000", "--beta-decay-steps", "500"],
+    "conservative_ft.py": ["--online-steps", "1000", "--beta-decay-steps", "500", "--anchor-tau", "0.01"],
     # an ensemble of 3 (member 0 from --checkpoint, 1 and 2 pretrained in the run); a ring smaller than the run
     "balanced_replay.py": ["--ensemble-size", "3", "--offline-steps", "100", "--online-steps", "1000",
                            "--warmup-online-steps", "150", "--warmup-updates", "200", "--online-capacity", "400"],
@@ -37,8 +37,8 @@ def same_run(a, b):
     assert (a / "episodes.csv").read_text() == (b / "episodes.csv").read_text()
     assert (a / "summary.json").read_text() == (b / "summary.json").read_text()
     ca, cb = (torch.load(x / "checkpoint.pt", weights_only=False) for x in (a, b))
-    for key in ("actor", "critic", "actor_target", "critic_target", "pretrained_actor", "weight_net"):
-        if key in ca:
+    for key in ("actor", "critic", "actor_target", "critic_target", "pretrained_actor", "anchor", "weight_net"):
+        if ca.get(key) is not None:
             assert ca[key].keys() == cb[key].keys()
             for k in ca[key]:
                 assert torch.equal(ca[key][k], cb[key][k]), (key, k)
