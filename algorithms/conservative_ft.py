@@ -89,7 +89,7 @@ class Args:
     """online steps over which beta_t decays linearly from --beta-start to --beta-end (0: --beta-end at once)"""
     anchor_tau: float = 0.0
     """the trust region's centre pi_ref: 0 keeps it at the frozen pi_0; tau_ref > 0 lets it follow the policy,
-    pi_ref <- pi_ref + tau_ref * (pi - pi_ref) after every actor update (1e-4: a half-life of ~7k actor updates),
+    pi_ref <- pi_ref + tau_ref * (pi - pi_ref) after every actor update (it lags ~1/tau_ref updates behind),
     so the trust region limits how fast the policy moves, not how far from pi_0 (the anchor drifts)"""
     expl_noise: float = 0.1
     """std of the Gaussian exploration noise added to online actions (times max action)"""
