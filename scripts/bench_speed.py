@@ -248,7 +248,7 @@ def ours_online_step(module, table, n_off, split, env, obs_mean, obs_std, batch_
             info.update(stats, online_share=(idx >= n_off).float().mean())
             return
         idx = module.replay_indices(n_off, st["n_on"], batch_size, args.offline_ratio, device)
-        extra = {"beta": conservative_ft.beta_schedule(st["step"], args), "pretrained_actor": pretrained_actor} \
+        extra = {"beta": conservative_ft.beta_schedule(st["step"], args), "anchor": pretrained_actor} \
             if module is conservative_ft else {}
         module.update(st["step"], table[idx].split(split, dim=1), actor, actor_target, critic, critic_target,
                       actor_opt, critic_opt, args, offline=False, **extra)
