@@ -102,8 +102,9 @@ def sweep_block(dataset_dir: Path) -> str:
     """The finetuning table of one dataset of a sweep (finished runs only), then per-seed values, then the
     command that made it (from the sweep's sweep.json)."""
     runs = sweep_runs(dataset_dir)
-    windows = {json.loads((r / "summary.json").read_text())["collapse_window"] for rs in runs.values() for r in rs
-               if (r / "summary.json").exists()}
+    summaries = [json.loads((r / "summary.json").read_text()) for rs in runs.values() for r in rs
+                 if (r / "summary.json").exists()]
+    windows = {min(s["collapse_window"], s["final_step"]) for s in summaries}  # a 25k run's window is its 25k
     label = lambda name: METHODS[name.split("-")[0]] + (f" [{name.split('-', 1)[1]}]" if "-" in name else "")  # noqa
     rows = [finetune_row(label(name), rs) for name, rs in runs.items()]
     grid = json.loads((dataset_dir.parent / "sweep.json").read_text()) if (dataset_dir.parent / "sweep.json").exists() else {}
@@ -173,6 +174,21 @@ def replay_block(runs: dict[str, list[Path]], steps) -> str:
             out.append(f"| {label} | " + " | ".join(
                 f"{statistics.mean(float(r[s][col]) for r in rows):.3g}" for col in cols.values() for s in steps) + " |")
     return "\n".join(out) if len(out) > 2 else "(no finished balanced replay run yet)"
+
+
+def segments_block(runs: dict[str, list[Path]], n: int, parts: int = 5) -> str:
+    """Mean evaluation score within each of `parts` equal spans of the online phase, mean over finished seeds: does a
+    method keep improving late in a long run (runs {label: run dirs})."""
+    edges = [n * k // parts for k in range(parts + 1)]
+    out = ["| method | " + " | ".join(f"({a / 1000:g}k, {b / 1000:g}k]" for a, b in zip(edges, edges[1:])) + " |",
+           "|---" * (1 + parts) + "|"]
+    for label, dirs in runs.items():
+        curves = [evals(read_csv(p / "metrics.csv"), "online") for p in dirs if (p / "summary.json").exists()]
+        span = lambda c, a, b: statistics.mean(v for t, v in c if a < t <= b)  # noqa: E731
+        if curves:
+            out.append(f"| {label} | " + " | ".join(f"{statistics.mean(span(c, a, b) for c in curves):.1f}"
+                                                    for a, b in zip(edges, edges[1:])) + " |")
+    return "\n".join(out) if len(out) > 2 else "(no finished run yet)"
 
 
 def online_share_block(dataset_dir: Path) -> str:
@@ -279,6 +295,9 @@ if __name__ == "__main__":
                     md = replace_block(md, name, body)
                 elif not body.startswith("(no "):
                     print(f"{name} (no block in benchmarks.md):\n{body}\n")
+            name = f"sweepseg/{Path(a.sweep).name}/{d.name}"  # only where benchmarks.md asks for it (table c)
+            if f"<!-- report:{name} -->" in md:
+                md = replace_block(md, name, segments_block(labelled, n))
             if not a.no_plots and labelled:  # no curves before a finetuning run exists
                 finetune_plot(d, BENCH / f"sweep_{Path(a.sweep).name}_{d.name}.png", labelled)
         (BENCH.parent / "benchmarks.md").write_text(md)

@@ -82,7 +82,7 @@ def test_sweep_block_tables_per_seed_and_command(tmp_path):
     """report.py DIR: the finetuning table of a sweep's dataset over seeds (finished runs only), per-seed values
     and the sweep command."""
     ds = tmp_path / "main" / "standin-hopper-medium-v0"
-    summary = {"min_score_in_window": 10.0, "collapse_window": 100000, "final_step": 10, "recovery_steps": None}
+    summary = {"min_score_in_window": 10.0, "collapse_window": 100000, "final_step": 200000, "recovery_steps": None}
     for seed, (s0, mid, fin) in enumerate([(50.0, 20.0, 30.0), (60.0, 40.0, 70.0)]):
         write_run(ds / f"seed{seed}" / "naive_ft", [("online", 0, "", s0, 1), ("online", 5, "", mid, 1),
                                                     ("online", 10, "", fin, 1)],
@@ -149,3 +149,18 @@ def test_replay_block_and_a_dataset_without_finished_runs(tmp_path):
     assert report.sweep_block(empty.parents[1]).splitlines() == [
         "No finetuning run of this dataset has finished yet.", "",
         "Made by `python scripts/sweep.py --seeds 2` (stand-in data where the id says standin)."]
+
+
+def test_sweep_block_window_of_short_runs_and_segments(tmp_path):
+    """A run shorter than its collapse window is labelled by its length (a 25k run's lowest score is over its 25k,
+    not "the first 50k"); segments_block averages the evaluations inside each span of the online phase."""
+    ds = tmp_path / "long" / "standin-hopper-medium-v0"
+    summary = {"min_score_in_window": 1.0, "collapse_window": 50000, "final_step": 25000, "recovery_steps": 0,
+               "step0_score": 1.0, "dip": 0.0, "final_score": 4.0}
+    rows = [("online", 5000 * i, "", float(i), 1) for i in range(6)]  # scores 0..5 at 0, 5k, ..., 25k
+    write_run(ds / "seed0" / "conservative_ft", rows, summary)
+    write_run(ds / "seed0" / "naive_ft", rows[:3])  # unfinished: left out of both tables
+    assert "| lowest score (first 25k) |" in report.sweep_block(ds).splitlines()[0]
+    lines = report.segments_block(report.sweep_runs(ds), 25000, parts=2).splitlines()
+    assert lines[0] == "| method | (0k, 12.5k] | (12.5k, 25k] |"
+    assert lines[2:] == ["| conservative_ft | 1.5 | 4.0 |"]  # mean(1, 2) over (0, 12.5k]; mean(3, 4, 5) after
