@@ -128,8 +128,8 @@ def test_a_missing_agent_is_pretrained_again_and_must_match(whole, tmp_path):
 
 
 def test_a_part_of_the_grid_runs_alone_and_keeps_the_command(whole, tmp_path):
-    """Fewer seeds (the groups one CPU model can continue, say): only those groups are planned, and sweep.json keeps
-    the whole grid's command, the one the report's tables name."""
+    """Fewer seeds (the groups one CPU model can continue, say) or fewer methods: only those runs are planned, and
+    sweep.json keeps the whole grid's command, the one the report's tables name."""
     out = tmp_path / "part"
     shutil.copytree(whole[0], out)
     recorded = json.loads((out / "sweep.json").read_text())
@@ -140,6 +140,12 @@ def test_a_part_of_the_grid_runs_alone_and_keeps_the_command(whole, tmp_path):
     assert f"3 of the 6 runs of {out / 'sweep.json'}" in proc.stdout
     assert json.loads((out / "sweep.json").read_text()) == recorded
     assert recorded["command"].endswith("--seeds 0 1 " + " ".join(GRID[seeds + 3:]) + f" --out {whole[0]}")
+    methods = GRID.index("--methods")  # fewer methods (some runs on another core, say): likewise
+    part = [*GRID[:methods + 1], "conservative_ft", *GRID[methods + 3:]]
+    proc = sweep(*part, "--out", str(out))
+    assert "sweep: 2 finetuning runs, 2 already finished" in proc.stdout
+    assert f"4 of the 6 runs of {out / 'sweep.json'}" in proc.stdout
+    assert json.loads((out / "sweep.json").read_text()) == recorded
 
 
 @pytest.mark.parametrize("argv, message", [
