@@ -226,7 +226,7 @@ def finetune_plot(dataset_dir: Path, png: Path, runs: dict[str, list[Path]] | No
         n = min(len(c) for c in curves)
         steps = [s for s, _ in curves[0][:n]]
         per_step = [[c[i][1] for c in curves] for i in range(n)]
-        line, = ax.plot(steps, [statistics.mean(v) for v in per_step], label=f"{label} ({len(curves)} seeds)")
+        line, = ax.plot(steps, [statistics.mean(v) for v in per_step], label=f"{label} ({len(curves)} seed{'s' * (len(curves) > 1)})")
         ax.fill_between(steps, [min(v) for v in per_step], [max(v) for v in per_step], alpha=0.2,
                         color=line.get_color())
     ax.set_xlabel("online environment steps")
