@@ -182,9 +182,9 @@ def segments_block(runs: dict[str, list[Path]], n: int, parts: int = 5) -> str:
     edges = [n * k // parts for k in range(parts + 1)]
     out = ["| method | " + " | ".join(f"({a / 1000:g}k, {b / 1000:g}k]" for a, b in zip(edges, edges[1:])) + " |",
            "|---" * (1 + parts) + "|"]
+    span = lambda c, a, b: statistics.mean(v for t, v in c if a < t <= b)  # noqa: E731
     for label, dirs in runs.items():
         curves = [evals(read_csv(p / "metrics.csv"), "online") for p in dirs if (p / "summary.json").exists()]
-        span = lambda c, a, b: statistics.mean(v for t, v in c if a < t <= b)  # noqa: E731
         if curves:
             out.append(f"| {label} | " + " | ".join(f"{statistics.mean(span(c, a, b) for c in curves):.1f}"
                                                     for a, b in zip(edges, edges[1:])) + " |")
@@ -226,7 +226,8 @@ def finetune_plot(dataset_dir: Path, png: Path, runs: dict[str, list[Path]] | No
         n = min(len(c) for c in curves)
         steps = [s for s, _ in curves[0][:n]]
         per_step = [[c[i][1] for c in curves] for i in range(n)]
-        line, = ax.plot(steps, [statistics.mean(v) for v in per_step], label=f"{label} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+        seeds = f"{len(curves)} seed" + "s" * (len(curves) > 1)
+        line, = ax.plot(steps, [statistics.mean(v) for v in per_step], label=f"{label} ({seeds})")
         ax.fill_between(steps, [min(v) for v in per_step], [max(v) for v in per_step], alpha=0.2,
                         color=line.get_color())
     ax.set_xlabel("online environment steps")
