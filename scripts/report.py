@@ -176,13 +176,17 @@ def replay_block(runs: dict[str, list[Path]], steps) -> str:
     return "\n".join(out) if len(out) > 2 else "(no finished balanced replay run yet)"
 
 
+def span(curve: list[tuple[int, float]], a: int, b: int) -> float:
+    """Mean evaluation score over the steps in (a, b]."""
+    return statistics.mean(v for t, v in curve if a < t <= b)
+
+
 def segments_block(runs: dict[str, list[Path]], n: int, parts: int = 5) -> str:
     """Mean evaluation score within each of `parts` equal spans of the online phase, mean over finished seeds: does a
     method keep improving late in a long run (runs {label: run dirs})."""
     edges = [n * k // parts for k in range(parts + 1)]
     out = ["| method | " + " | ".join(f"({a / 1000:g}k, {b / 1000:g}k]" for a, b in zip(edges, edges[1:])) + " |",
            "|---" * (1 + parts) + "|"]
-    span = lambda c, a, b: statistics.mean(v for t, v in c if a < t <= b)  # noqa: E731
     for label, dirs in runs.items():
         curves = [evals(read_csv(p / "metrics.csv"), "online") for p in dirs if (p / "summary.json").exists()]
         if curves:
