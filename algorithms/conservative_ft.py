@@ -17,8 +17,7 @@ What we implement, and why each part targets a cause of collapse the abstract na
   the data's quality), and its weight decays so finetuning becomes TD3-like once the critic has seen online data.
 - Where naive TD3 would not collapse, holding pi near pi_0 only costs speed (benchmarks.md, section 4). With
   --anchor-tau the centre is a slow Polyak average of the policy itself (a proximal step, as TRPO's old policy):
-  a sudden move away from it is still penalized, a steady improvement is followed. Off by default: it did not
-  win across the study's table b (benchmarks.md, section 6).
+  a sudden move away from it is still penalized, a steady improvement is followed. Off by default (benchmarks.md, s. 6).
 - lambda normalizes the Q scale as in TD3+BC, so beta means the same across tasks and reward scales.
 - Replay distribution: by default every batch is half offline, half online (`--offline-ratio 0.5`, RLPD's
   symmetric sampling), so the critic keeps fitting the offline data that pi_0 was trained on while the few early
