@@ -244,6 +244,28 @@ def agent_check(group: Path, runs: list[Run]) -> str | None:
     return None
 
 
+def foreign_agent(group: Path, runs: list[Run]) -> str | None:
+    """Before a missing agent is pretrained again on this machine (local launcher): if the group's runs started from
+    an agent made on another CPU model, pretraining here would make another agent and the runs would be refused, so
+    the group is skipped at once. (Slurm nodes' CPUs are not known up front: there agent_check alone decides.)"""
+    from report import run_cpu as cpu
+
+    made, used = runs[0].dir / "args.json", [r.name for r in runs[1:] if (r.dir / "args.json").exists()]
+    if not made.exists() or not used or cpu(made) in (this_cpu(), "CPU not recorded"):
+        return None
+    return (f"{group}: its agent was made on {cpu(made)} and this machine is {this_cpu()}; pretrained here it would "
+            f"be another agent than the one {', '.join(used)} started from: continue this group on that CPU model, or "
+            f"remove those runs to redo it here")
+
+
+def this_cpu() -> str:
+    """This machine's CPU as every run records it (td3_bc.py's cpu_name, which pretrains the agents)."""
+    sys.path.insert(0, str(ALGOS))
+    from td3_bc import cpu_name
+
+    return cpu_name()
+
+
 def take_lock(out: Path) -> None:
     """One sweep at a time per --out: OUT/sweep.lock names the sweep that runs (host, pid, and its Slurm jobs). A
     lock whose local process is gone and whose jobs have left the queue is stale and taken over."""
@@ -263,15 +285,21 @@ def take_lock(out: Path) -> None:
     path.write_text(json.dumps({"host": host, "pid": os.getpid()}))
 
 
-def pending(args: Args, groups: dict[Path, list[Run]]) -> tuple[list[Run], dict[Path, list[Run]]]:
-    """The agents to pretrain, and each group's unfinished finetuning runs; a group whose agent exists must have
-    the agent its finished runs came from. Prints how many runs there are."""
-    pretrain, todo = [], {}
+def pending(args: Args, groups: dict[Path, list[Run]]) -> tuple[list[Run], dict[Path, list[Run]], list[Run]]:
+    """The agents to pretrain, each group's unfinished finetuning runs, and those of groups skipped because their
+    agent was made on another CPU model; a group whose agent exists must have the agent its finished runs came
+    from. Prints how many runs there are."""
+    pretrain, todo, skipped = [], {}, []
     for group, runs in groups.items():
         ft = [r for r in runs[1:] if not finished(r, args)]
         if not ft:
             continue
         if not finished(runs[0], args):
+            problem = foreign_agent(group, runs) if args.launcher == "local" else None
+            if problem:
+                print(f"sweep: skipping {problem}", flush=True)
+                skipped += ft
+                continue
             pretrain.append(runs[0])
         elif agent_check(group, runs):
             raise SystemExit(f"error: {agent_check(group, runs)}")
@@ -279,7 +307,7 @@ def pending(args: Args, groups: dict[Path, list[Run]]) -> tuple[list[Run], dict[
     total = sum(len(runs) - 1 for runs in groups.values())
     print(f"sweep: {total} finetuning runs, {total - sum(map(len, todo.values()))} already finished; "
           f"{args.launcher}", flush=True)
-    return pretrain, todo
+    return pretrain, todo, skipped
 
 
 def run_local(args: Args, groups: dict[Path, list[Run]]) -> int:
@@ -287,10 +315,10 @@ def run_local(args: Args, groups: dict[Path, list[Run]]) -> int:
     workers = args.workers or os.cpu_count() or 1
     logs = Path(args.out) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    pretrain, todo = pending(args, groups)
+    pretrain, todo, failed = pending(args, groups)
     waiting = {r.group: todo[r.group] for r in pretrain}  # a group's finetuning runs wait for its agent
     ready = [r for group, runs in todo.items() if group not in waiting for r in runs] + pretrain
-    failed, durations = [], []
+    durations = []
     total = sum(len(runs) - 1 for runs in groups.values())
     n_done = total - sum(map(len, todo.values()))
     running = {}  # Popen -> (run, start time)
@@ -349,7 +377,7 @@ def run_slurm(args: Args, groups: dict[Path, list[Run]]) -> int:
         from submitit.helpers import CommandFunction
     except ImportError:
         raise SystemExit('error: --launcher slurm needs submitit: pip install -e ".[sweep]"') from None
-    pre, by_group = pending(args, groups)
+    pre, by_group, _ = pending(args, groups)  # nothing skipped: the nodes' CPUs are not known here
     todo = [r for runs in by_group.values() for r in runs]
     total = sum(len(runs) - 1 for runs in groups.values())
     if not todo:
@@ -394,7 +422,11 @@ if __name__ == "__main__":
     groups = plan(args)
     check_grid(args, groups)
     if args.dry_run:
-        for runs in groups.values():
+        for group, runs in groups.items():
+            problem = args.launcher == "local" and not finished(runs[0], args) and foreign_agent(group, runs)
+            if problem and not all(finished(r, args) for r in runs[1:]):
+                print(f"skipped: {problem}")
+                continue
             for r in runs:
                 print(("done: " if finished(r, args) else "") + shlex.join(r.command()))
         raise SystemExit(0)

@@ -127,6 +127,32 @@ def test_a_missing_agent_is_pretrained_again_and_must_match(whole, tmp_path):
     assert f"made on {td3_bc.cpu_name()}" in proc.stdout and "ran on AuthenticAMD Some Other CPU" in proc.stdout
 
 
+def test_a_group_whose_agent_came_from_another_cpu_is_skipped_before_pretraining(whole, tmp_path):
+    """Committed runs of an agent pretrained on another CPU model: pretraining it here would give another agent, so
+    the group is skipped with one line (nothing pretrained) while the other groups go on; the sweep exits non-zero."""
+    out = tmp_path / "foreign"
+    shutil.copytree(whole[0], out)
+    for p in out.rglob("*.pt"):
+        p.unlink()
+    for seed in (0, 1):
+        shutil.rmtree(group(out, seed) / "naive_ft")
+    info = json.loads((group(out, 1) / "pretrain" / "args.json").read_text())
+    info["meta"]["cpu"] = "AuthenticAMD Some Other CPU"
+    (group(out, 1) / "pretrain" / "args.json").write_text(json.dumps(info))
+    skip = (f"{group(out, 1)}: its agent was made on AuthenticAMD Some Other CPU and this machine is "
+            f"{td3_bc.cpu_name()}; pretrained here it would be another agent than the one conservative_ft started from")
+    dry = sweep(*GRID, "--out", str(out), "--dry-run")
+    assert f"skipped: {skip}" in dry.stdout and str(group(out, 1) / "naive_ft") not in dry.stdout
+    proc = sweep(*GRID, "--out", str(out), check=False)
+    assert proc.returncode == 1 and f"sweep: skipping {skip}" in proc.stdout
+    assert f"{group(out, 1) / 'pretrain'}" not in proc.stdout.replace(f"skipping {skip}", "")  # not pretrained
+    assert not (group(out, 1) / "pretrain" / "checkpoint.pt").exists() and not (group(out, 1) / "naive_ft").exists()
+    assert f"could not start: {group(out, 1) / 'naive_ft'}" in proc.stdout
+    redone, first = group(out, 0) / "naive_ft", group(whole[0], 0) / "naive_ft"  # group 0 went on
+    assert read_metrics(redone / "metrics.csv") == read_metrics(first / "metrics.csv")
+    assert (redone / "summary.json").read_text() == (first / "summary.json").read_text()
+
+
 def test_a_part_of_the_grid_runs_alone_and_keeps_the_command(whole, tmp_path):
     """Fewer seeds (the groups one CPU model can continue, say) or fewer methods: only those runs are planned, and
     sweep.json keeps the whole grid's command, the one the report's tables name."""
