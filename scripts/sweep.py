@@ -258,6 +258,14 @@ def foreign_agent(group: Path, runs: list[Run]) -> str | None:
             f"remove those runs to redo it here")
 
 
+def skip_reason(args: Args, group: Path, runs: list[Run]) -> str | None:
+    """Why a group is skipped here, or None: with the local launcher, a group with unfinished runs whose agent is
+    missing and was made on another CPU model (foreign_agent). Used by the sweep and by --dry-run alike."""
+    if args.launcher != "local" or finished(runs[0], args) or all(finished(r, args) for r in runs[1:]):
+        return None
+    return foreign_agent(group, runs)
+
+
 def this_cpu() -> str:
     """This machine's CPU as every run records it (td3_bc.py's cpu_name, which pretrains the agents)."""
     sys.path.insert(0, str(ALGOS))
@@ -294,12 +302,12 @@ def pending(args: Args, groups: dict[Path, list[Run]]) -> tuple[list[Run], dict[
         ft = [r for r in runs[1:] if not finished(r, args)]
         if not ft:
             continue
+        problem = skip_reason(args, group, runs)
+        if problem:
+            print(f"sweep: skipping {problem}", flush=True)
+            skipped += ft
+            continue
         if not finished(runs[0], args):
-            problem = foreign_agent(group, runs) if args.launcher == "local" else None
-            if problem:
-                print(f"sweep: skipping {problem}", flush=True)
-                skipped += ft
-                continue
             pretrain.append(runs[0])
         elif agent_check(group, runs):
             raise SystemExit(f"error: {agent_check(group, runs)}")
@@ -423,8 +431,8 @@ if __name__ == "__main__":
     check_grid(args, groups)
     if args.dry_run:
         for group, runs in groups.items():
-            problem = args.launcher == "local" and not finished(runs[0], args) and foreign_agent(group, runs)
-            if problem and not all(finished(r, args) for r in runs[1:]):
+            problem = skip_reason(args, group, runs)
+            if problem:
                 print(f"skipped: {problem}")
                 continue
             for r in runs:
