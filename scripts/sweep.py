@@ -69,7 +69,8 @@ class Args:
     slurm_gpus_per_job: int = 0
     """GPUs per Slurm job (0: no GPU request)"""
     dry_run: bool = False
-    """print the commands of the runs that would start, and start none"""
+    """print the command of every run and start none: unprefixed those that would start; `done:` finished runs;
+    `not needed:` the missing agent of a group whose runs are all finished; `skipped:` groups of another CPU model"""
 
 
 @dataclass
@@ -435,8 +436,10 @@ if __name__ == "__main__":
             if problem:
                 print(f"skipped: {problem}")
                 continue
+            idle = all(finished(r, args) for r in runs[1:])  # its agent is not pretrained again (see pending)
             for r in runs:
-                print(("done: " if finished(r, args) else "") + shlex.join(r.command()))
+                prefix = "done: " if finished(r, args) else "not needed: " if idle else ""
+                print(prefix + shlex.join(r.command()))
         raise SystemExit(0)
     take_lock(Path(args.out))
     status = run_slurm(args, groups) if args.launcher == "slurm" else run_local(args, groups)

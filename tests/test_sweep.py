@@ -127,6 +127,24 @@ def test_a_missing_agent_is_pretrained_again_and_must_match(whole, tmp_path):
     assert f"made on {td3_bc.cpu_name()}" in proc.stdout and "ran on AuthenticAMD Some Other CPU" in proc.stdout
 
 
+def test_dry_run_prints_as_to_start_only_what_would_start(whole, tmp_path):
+    """As in a fresh checkout (no checkpoints): a group with a missing run shows its agent's pretraining and that run;
+    a finished group's agent is marked not needed (the sweep does not pretrain it again), its runs done."""
+    out = tmp_path / "dry"
+    shutil.copytree(whole[0], out)
+    for p in out.rglob("*.pt"):
+        p.unlink()
+    shutil.rmtree(group(out, 1) / "naive_ft")
+    lines = [line for line in sweep(*GRID, "--out", str(out), "--dry-run").stdout.splitlines() if sys.executable in line]
+    assert len(lines) == 6
+    to_start = [line for line in lines if line.startswith(sys.executable)]
+    assert len(to_start) == 2 and to_start[0] == f"{sys.executable} {ROOT / 'algorithms' / 'td3_bc.py'} --resume " \
+        f"{group(out, 1) / 'pretrain'}" and f"--runs-dir {group(out, 1)} --run-name naive_ft" in to_start[1]
+    assert [line.split(" ")[0] for line in lines if str(group(out, 0)) in line] == ["not", "done:", "done:"]
+    proc = sweep(*GRID, "--out", str(out))  # and the sweep does just that
+    assert f"resuming {group(out, 1) / 'pretrain'}" in proc.stdout and str(group(out, 0)) not in proc.stdout
+
+
 def test_a_group_whose_agent_came_from_another_cpu_is_skipped_before_pretraining(whole, tmp_path):
     """Committed runs of an agent pretrained on another CPU model: pretraining it here would give another agent, so
     the group is skipped with one line (nothing pretrained) while the other groups go on; the sweep exits non-zero."""
