@@ -220,9 +220,9 @@ def finetune_plot(dataset_dir: Path, png: Path, runs: dict[str, list[Path]] | No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
     runs = runs or {label: sorted(dataset_dir.glob(f"{method}_s*")) for method, label in METHODS.items()}
-    for label, dirs in runs.items():
+    fig, ax = plt.subplots(figsize=(7, 4 + 0.2 * -(-len(runs) // 2)), layout="constrained")  # + legend rows
+    for i, (label, dirs) in enumerate(runs.items()):
         curves = [evals(read_csv(r / "metrics.csv"), "online") for r in dirs if (r / "summary.json").exists()]
         curves = [c for c in curves if c]
         if not curves:
@@ -231,15 +231,15 @@ def finetune_plot(dataset_dir: Path, png: Path, runs: dict[str, list[Path]] | No
         steps = [s for s, _ in curves[0][:n]]
         per_step = [[c[i][1] for c in curves] for i in range(n)]
         seeds = f"{len(curves)} seed" + "s" * (len(curves) > 1)
-        line, = ax.plot(steps, [statistics.mean(v) for v in per_step], label=f"{label} ({seeds})")
+        line, = ax.plot(steps, [statistics.mean(v) for v in per_step], label=f"{label} ({seeds})",
+                        linestyle=("-", "--", ":")[i // 10 % 3])  # 10 colours, then the next line style
         ax.fill_between(steps, [min(v) for v in per_step], [max(v) for v in per_step], alpha=0.2,
                         color=line.get_color())
     ax.set_xlabel("online environment steps")
     ax.set_ylabel("normalized score (mean, min–max over seeds)")
     ax.set_title(f"{dataset_dir.name.replace('-', '/', 2)} (stand-in data)")
     ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
+    fig.legend(loc="outside lower center", ncols=2, fontsize="small", frameon=False)  # below the axes: no curve hidden
     fig.savefig(png, dpi=110)
     plt.close(fig)
 
