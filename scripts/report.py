@@ -222,7 +222,7 @@ def finetune_plot(dataset_dir: Path, png: Path, runs: dict[str, list[Path]] | No
 
     runs = runs or {label: sorted(dataset_dir.glob(f"{method}_s*")) for method, label in METHODS.items()}
     fig, ax = plt.subplots(figsize=(7, 4 + 0.2 * -(-len(runs) // 2)), layout="constrained")  # + legend rows
-    for i, (label, dirs) in enumerate(runs.items()):
+    for label, dirs in runs.items():
         curves = [evals(read_csv(r / "metrics.csv"), "online") for r in dirs if (r / "summary.json").exists()]
         curves = [c for c in curves if c]
         if not curves:
@@ -232,7 +232,7 @@ def finetune_plot(dataset_dir: Path, png: Path, runs: dict[str, list[Path]] | No
         per_step = [[c[i][1] for c in curves] for i in range(n)]
         seeds = f"{len(curves)} seed" + "s" * (len(curves) > 1)
         line, = ax.plot(steps, [statistics.mean(v) for v in per_step], label=f"{label} ({seeds})",
-                        linestyle=("-", "--", ":")[i // 10 % 3])  # 10 colours, then the next line style
+                        linestyle=("-", "--", ":")[len(ax.lines) // 10 % 3])  # 10 colours, then the next style
         ax.fill_between(steps, [min(v) for v in per_step], [max(v) for v in per_step], alpha=0.2,
                         color=line.get_color())
     ax.set_xlabel("online environment steps")
