@@ -414,7 +414,9 @@ def run_metadata(device: torch.device) -> dict:
             "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", ":(top,exclude)benchmarks")),
             "packages": {p: version(p) for p in ("torch", "numpy", "gymnasium", "mujoco", "minari", "tyro")},
             "python": sys.version.split()[0], "torch_threads": torch.get_num_threads(), "device": str(device),
-            "cpu": cpu_name(), "command": " ".join(sys.argv), "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "cpu": cpu_name(), "command": " ".join(sys.argv), "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "env": {k: v for k, v in sorted(os.environ.items())  # those that pick math code paths (README)
+                    if k == "LD_PRELOAD" or k.startswith(("MKL_", "OMP_", "ONEDNN_", "ATEN_CPU"))}}
 
 
 def cpu_name() -> str:
