@@ -68,6 +68,10 @@ class Args:
     """Slurm time limit of each job, in minutes"""
     slurm_gpus_per_job: int = 0
     """GPUs per Slurm job (0: no GPU request)"""
+    cross_cpu: bool = False
+    """also pretrain again the missing agents made on another CPU model (skipped otherwise), on a machine that computes
+    like it (e.g. an AMD CPU on MKL's Intel code path: README, Reproducibility); a group's runs still start only from
+    the agent whose weight hash they recorded"""
     dry_run: bool = False
     """print the command of every run and start none: unprefixed those that would start; `done:` finished runs;
     `not needed:` the missing agent of a group whose runs are all finished; `skipped:` groups of another CPU model"""
@@ -255,14 +259,16 @@ def foreign_agent(group: Path, runs: list[Run]) -> str | None:
     if not made.exists() or not used or cpu(made) in (this_cpu(), "CPU not recorded"):
         return None
     return (f"{group}: its agent was made on {cpu(made)} and this machine is {this_cpu()}; pretrained here it would "
-            f"be another agent than the one {', '.join(used)} started from: continue this group on that CPU model, or "
-            f"remove those runs to redo it here")
+            f"be another agent than the one {', '.join(used)} started from: continue this group on that CPU model "
+            f"(or with --cross-cpu on a machine that computes like it), or remove those runs to redo it here")
 
 
 def skip_reason(args: Args, group: Path, runs: list[Run]) -> str | None:
     """Why a group is skipped here, or None: with the local launcher, a group with unfinished runs whose agent is
-    missing and was made on another CPU model (foreign_agent). Used by the sweep and by --dry-run alike."""
-    if args.launcher != "local" or finished(runs[0], args) or all(finished(r, args) for r in runs[1:]):
+    missing and was made on another CPU model (foreign_agent), unless --cross-cpu. Used by the sweep and by --dry-run
+    alike."""
+    if args.launcher != "local" or args.cross_cpu or finished(runs[0], args) or \
+            all(finished(r, args) for r in runs[1:]):
         return None
     return foreign_agent(group, runs)
 

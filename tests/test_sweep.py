@@ -169,6 +169,15 @@ def test_a_group_whose_agent_came_from_another_cpu_is_skipped_before_pretraining
     redone, first = group(out, 0) / "naive_ft", group(whole[0], 0) / "naive_ft"  # group 0 went on
     assert read_metrics(redone / "metrics.csv") == read_metrics(first / "metrics.csv")
     assert (redone / "summary.json").read_text() == (first / "summary.json").read_text()
+    # --cross-cpu (this machine computes like "that one"): the agent is pretrained again, its weight hash matches the
+    # one the group's runs recorded, and the missing run starts from it
+    dry = sweep(*GRID, "--out", str(out), "--dry-run", "--cross-cpu")
+    assert "skipped:" not in dry.stdout and f"{sys.executable} {ROOT / 'algorithms' / 'td3_bc.py'} --resume " \
+        f"{group(out, 1) / 'pretrain'}" in dry.stdout.splitlines()
+    proc = sweep(*GRID, "--out", str(out), "--cross-cpu")
+    assert f"resuming {group(out, 1) / 'pretrain'}" in proc.stdout and "skipping" not in proc.stdout
+    redone, first = group(out, 1) / "naive_ft", group(whole[0], 1) / "naive_ft"
+    assert read_metrics(redone / "metrics.csv") == read_metrics(first / "metrics.csv")
 
 
 def test_a_part_of_the_grid_runs_alone_and_keeps_the_command(whole, tmp_path):
