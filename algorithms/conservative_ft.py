@@ -420,8 +420,8 @@ def run_metadata(device: torch.device) -> dict:
 
 
 def cpu_name() -> str:
-    """The CPU model and the kernels torch picks for it: bit-identical results need the same CPU model, not only the
-    same seed and threads (math libraries choose their code paths, and so their rounding, by CPU)."""
+    """The CPU model and the kernels torch picks for it: bit-identical results need the same code paths, not only the
+    same seed and threads (math libraries choose them, and so their rounding, by CPU; MKL by vendor: README)."""
     try:  # the first processor's block of /proc/cpuinfo (Linux)
         info = dict(map(str.strip, line.split(":", 1)) for line in
                     Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines() if ":" in line)
