@@ -1,13 +1,12 @@
 """Turn the committed per-run files under benchmarks/ into the tables and plots of benchmarks.md.
 
     pip install -e ".[plot]"            # matplotlib, only for the PNGs
-    python scripts/report.py            # rewrites the generated blocks of benchmarks.md and the PNGs
-
+    python scripts/report.py                          # section 1's TD3+BC tables (benchmarks/td3_bc)
     python scripts/report.py benchmarks/sweeps/main   # a sweep's tables and curves (scripts/sweep.py --out DIR)
 
-Layout it reads (copied from run directories with `--collect`; checkpoints are never committed):
-    benchmarks/td3_bc/<dataset>/seed<S>/{args.json, metrics.csv}
-    benchmarks/finetune/<dataset>/<method>_s<S>/{args.json, metrics.csv, episodes.csv, summary.json}
+Layouts it reads (checkpoints are never committed):
+    benchmarks/td3_bc/<dataset>/seed<S>/{args.json, metrics.csv}       (copied from run directories with `--collect`)
+    <sweep --out>/<dataset>/seed<S>/<method>[-<variant>]/{args.json, metrics.csv, episodes.csv, summary.json}
 Each generated block sits between `<!-- report:NAME -->` and `<!-- /report:NAME -->` in benchmarks.md.
 """
 from __future__ import annotations
@@ -83,11 +82,6 @@ def finetune_header(window: str) -> list[str]:
             "| mean score after step 0 | final score | updates | wall time |", "|---" * 10 + "|"]
 
 
-def finetune_block(dataset_dir: Path) -> str:
-    rows = [finetune_row(label, sorted(dataset_dir.glob(f"{method}_s*"))) for method, label in METHODS.items()]
-    return "\n".join(finetune_header("50k") + [r for r in rows if r])
-
-
 def sweep_runs(dataset_dir: Path) -> dict[str, list[Path]]:
     """A sweep's runs of one dataset, {method[-variant]: [run dir per seed]} (methods in METHODS order)."""
     runs = {}
@@ -141,15 +135,14 @@ def run_cpu(args_json: Path) -> str:
     return (run.get("resumes") or [run])[-1].get("meta", {}).get("cpu") or "CPU not recorded"
 
 
-def diagnostics_block(dataset_dir: Path, steps=(2500, 10000, 50000), runs: dict[str, list[Path]] | None = None) -> str:
-    """Collapse diagnostics at a few online steps, mean over seeds: distance to pi_0 and Q on offline/online states;
-    `runs` {label: run dirs} (default: the benchmarks/finetune layout)."""
+def diagnostics_block(runs: dict[str, list[Path]], steps) -> str:
+    """Collapse diagnostics at a few online steps, mean over finished seeds: distance to pi_0 and Q on offline/online
+    states (runs {label: run dirs})."""
     out = ["| method | " + " | ".join(f"‖π−π₀‖ @{s:,}" for s in steps) + " | " +
            " | ".join(f"Q(s,π(s)) offline / online @{s:,}" for s in steps) + " |", "|---" * (1 + 2 * len(steps)) + "|"]
-    runs_by_label = runs or {label: sorted(dataset_dir.glob(f"{method}_s*")) for method, label in METHODS.items()}
-    for label, runs in runs_by_label.items():
-        runs = [r for r in runs if (r / "summary.json").exists()]
-        rows = [{int(r["step"]): r for r in read_csv(p / "metrics.csv") if r["phase"] == "online"} for p in runs]
+    for label, dirs in runs.items():
+        rows = [{int(r["step"]): r for r in read_csv(p / "metrics.csv") if r["phase"] == "online"}
+                for p in dirs if (p / "summary.json").exists()]
         rows = [r for r in rows if all(s in r for s in steps)]
         if not rows:
             continue
@@ -195,32 +188,13 @@ def segments_block(runs: dict[str, list[Path]], n: int, parts: int = 5) -> str:
     return "\n".join(out) if len(out) > 2 else "(no finished run yet)"
 
 
-def online_share_block(dataset_dir: Path) -> str:
-    """Balanced replay over time (mean over seeds): share of online transitions in the RL batches, and the
-    density-ratio estimate w on the estimator's online and offline batches."""
-    runs = sorted(dataset_dir.glob("balanced_replay_s*"))
-    if not runs:
-        return "(no balanced replay runs yet)"
-    rows = {"online share": "online_share", "w on online batches": "w_online", "w on offline batches": "w_offline"}
-    curves = {col: [{int(r["step"]): float(r[col]) for r in read_csv(p / "metrics.csv")
-                     if r["phase"] == "online" and r.get(col)} for p in runs] for col in rows.values()}
-    steps = sorted(set.intersection(*(set(c) for c in curves["online_share"])))
-    steps = [s for s in steps if s % 5000 == 0 or s == steps[0]]
-    lines = ["| online step | " + " | ".join(f"{s:,}" for s in steps) + " |", "|---" * (len(steps) + 1) + "|"]
-    for label, col in rows.items():
-        lines.append(f"| {label} | " + " | ".join(f"{statistics.mean(c[s] for c in curves[col]):.3g}" for s in steps) + " |")
-    return "\n".join(lines)
-
-
-def finetune_plot(dataset_dir: Path, png: Path, runs: dict[str, list[Path]] | None = None) -> None:
-    """Learning curves: mean over seeds with the min-max band; `runs` {label: run dirs} (default: the
-    benchmarks/finetune layout)."""
+def finetune_plot(dataset_dir: Path, png: Path, runs: dict[str, list[Path]]) -> None:
+    """Learning curves of one dataset: mean over finished seeds with the min-max band (runs {label: run dirs})."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = runs or {label: sorted(dataset_dir.glob(f"{method}_s*")) for method, label in METHODS.items()}
     fig, ax = plt.subplots(figsize=(7, 4 + 0.2 * -(-len(runs) // 2)), layout="constrained")  # + legend rows
     for label, dirs in runs.items():
         curves = [evals(read_csv(r / "metrics.csv"), "online") for r in dirs if (r / "summary.json").exists()]
@@ -294,7 +268,7 @@ if __name__ == "__main__":
             label = lambda n: METHODS[n.split("-")[0]] + (f" [{n.split('-', 1)[1]}]" if "-" in n else "")  # noqa
             labelled = {label(n): rs for n, rs in sweep_runs(d).items()}
             for name, body in ((f"sweep/{Path(a.sweep).name}/{d.name}", sweep_block(d)),
-                               (f"sweepdiag/{Path(a.sweep).name}/{d.name}", diagnostics_block(d, at, labelled)),
+                               (f"sweepdiag/{Path(a.sweep).name}/{d.name}", diagnostics_block(labelled, at)),
                                (f"sweepreplay/{Path(a.sweep).name}/{d.name}", replay_block(labelled, at))):
                 if f"<!-- report:{name} -->" in md:
                     md = replace_block(md, name, body)
@@ -310,14 +284,5 @@ if __name__ == "__main__":
     for d in sorted((BENCH / "td3_bc").glob("*")):
         if f"<!-- report:td3_bc/{d.name} -->" in md:
             md = replace_block(md, f"td3_bc/{d.name}", td3_bc_block(d))
-    for d in sorted((BENCH / "finetune").glob("*")):
-        if f"<!-- report:finetune/{d.name} -->" in md:
-            md = replace_block(md, f"finetune/{d.name}", finetune_block(d))
-            if f"<!-- report:diag/{d.name} -->" in md:
-                md = replace_block(md, f"diag/{d.name}", diagnostics_block(d))
-            if f"<!-- report:share/{d.name} -->" in md:
-                md = replace_block(md, f"share/{d.name}", online_share_block(d))
-            if not a.no_plots:
-                finetune_plot(d, BENCH / f"finetune_{d.name}.png")
     (BENCH.parent / "benchmarks.md").write_text(md)
     print("benchmarks.md updated")

@@ -19,18 +19,20 @@ def write_run(d, rows, summary=None):
         (d / "summary.json").write_text(json.dumps(summary))
 
 
-def test_finetune_table(tmp_path):
+def test_finetune_row(tmp_path):
+    """One method over finished seeds: mean ± sd of the summaries, recovery per seed, the mean after step 0."""
     base = {"min_score_in_window": 10.0, "final_step": 50000}
-    write_run(tmp_path / "naive_ft_s0", [("online", 0, "", 50.0, 1), ("online", 5, "", 20.0, 1)], dict(base, step0_score=50.0, dip=40.0,
-                                                                           recovery_steps=None, final_score=30.0))
-    write_run(tmp_path / "naive_ft_s1", [("online", 0, "", 60.0, 1), ("online", 5, "", 40.0, 1),
-                                         ("online", 10, "", 60.0, 1)], dict(base, step0_score=60.0, dip=20.0,
-                                                                           recovery_steps=7500, final_score=70.0))
-    table = report.finetune_block(tmp_path).splitlines()
-    assert len(table) == 3  # header, rule, one method (the others have no runs)
-    assert table[0].count("|") == table[2].count("|") == 11
-    assert table[2] == ("| naive TD3 finetuning | 2 | 55.0 ± 7.1 | 10.0 ± 0.0 | 30.0 ± 14.1 | never, 7,500 | "
-                        "35.0 ± 21.2 | 50.0 ± 28.3 | 50,000 | 0 min |")  # means after step 0: 20 and 50
+    write_run(tmp_path / "s0", [("online", 0, "", 50.0, 1), ("online", 5, "", 20.0, 1)], dict(base, step0_score=50.0, dip=40.0,
+                                                                  recovery_steps=None, final_score=30.0))
+    write_run(tmp_path / "s1", [("online", 0, "", 60.0, 1), ("online", 5, "", 40.0, 1),
+                                ("online", 10, "", 60.0, 1)], dict(base, step0_score=60.0, dip=20.0,
+                                                                  recovery_steps=7500, final_score=70.0))
+    write_run(tmp_path / "s2", [("online", 0, "", 90.0, 1)])  # unfinished: no summary.json, left out
+    row = report.finetune_row("naive TD3 finetuning", sorted(tmp_path.glob("s*")))
+    assert row.count("|") == report.finetune_header("50k")[0].count("|") == 11
+    assert row == ("| naive TD3 finetuning | 2 | 55.0 ± 7.1 | 10.0 ± 0.0 | 30.0 ± 14.1 | never, 7,500 | "
+                   "35.0 ± 21.2 | 50.0 ± 28.3 | 50,000 | 0 min |")  # means after step 0: 20 and 50
+    assert report.finetune_row("x", [tmp_path / "s2"]) is None
 
 
 def test_td3_bc_table_last5_and_wall(tmp_path):
@@ -60,22 +62,6 @@ def test_checkpoint_hash(tmp_path):
     import td3_bc
 
     assert td3_bc.weights_sha256(torch.load(tmp_path / "c.pt")) == h[2]
-
-
-def test_online_share_block(tmp_path):
-    """Mean over seeds of online_share, w_online and w_offline at the first logged step and every 5,000."""
-    cols = "phase,step,online_share,w_online,w_offline\n"
-    for seed, (a, b) in enumerate(((0.2, 0.6), (0.4, 0.8))):
-        d = tmp_path / f"balanced_replay_s{seed}"
-        d.mkdir()
-        (d / "metrics.csv").write_text(cols + f"online,0,,,\nonline,1000,{a},2,1\nonline,2000,0.5,3,1\n"
-                                              f"online,5000,{b},{4 + seed},0.5\n")
-    lines = report.online_share_block(tmp_path).splitlines()
-    assert lines[0] == "| online step | 1,000 | 5,000 |"
-    assert lines[2] == "| online share | 0.3 | 0.7 |"
-    assert lines[3] == "| w on online batches | 2 | 4.5 |"
-    assert lines[4] == "| w on offline batches | 1 | 0.5 |"
-    assert report.online_share_block(tmp_path / "nothing") == "(no balanced replay runs yet)"
 
 
 def test_sweep_block_tables_per_seed_and_command(tmp_path):
@@ -118,9 +104,9 @@ def test_diagnostics_block_for_labelled_runs(tmp_path):
         (d / "metrics.csv").write_text(cols + f"online,5,{0.1 * scale},{10 * scale},{20 * scale}\n"
                                               f"online,10,{0.2 * scale},{30 * scale},{40 * scale}\n")
         (d / "summary.json").write_text("{}")
-    lines = report.diagnostics_block(tmp_path, (5, 10), {"naive": sorted(tmp_path.glob("seed*/naive_ft"))}).splitlines()
+    lines = report.diagnostics_block({"naive": sorted(tmp_path.glob("seed*/naive_ft"))}, (5, 10)).splitlines()
     assert lines[2] == "| naive | 0.20 | 0.40 | 20 / 40 | 60 / 80 |"
-    assert report.diagnostics_block(tmp_path, (5, 20), {"naive": sorted(tmp_path.glob("seed*/naive_ft"))}) == \
+    assert report.diagnostics_block({"naive": sorted(tmp_path.glob("seed*/naive_ft"))}, (5, 20)) == \
         "(no finished run yet)"  # no run reached step 20
 
 
