@@ -60,6 +60,16 @@ def td3_bc_block(dataset_dir: Path) -> str:
     return "\n".join(out)
 
 
+def label(name: str) -> str:
+    """A sweep run directory's name, `method[-variant]`, as a table row: `naive TD3 finetuning [reset]`."""
+    return METHODS[name.split("-")[0]] + (f" [{name.split('-', 1)[1]}]" if "-" in name else "")
+
+
+def mean_after_step0(run: Path) -> float:
+    """The average of all evaluations after step 0: the area under the learning curve, i.e. sample efficiency."""
+    return statistics.mean(v for t, v in evals(read_csv(run / "metrics.csv"), "online") if t > 0)
+
+
 def finetune_row(label: str, runs: list[Path]) -> str | None:
     """One method over seeds: mean ± sd of the collapse summary, recovery per seed, mean score after step 0."""
     runs = [r for r in runs if (r / "summary.json").exists()]
@@ -67,8 +77,7 @@ def finetune_row(label: str, runs: list[Path]) -> str | None:
         return None
     summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
     rec = ", ".join("never" if s["recovery_steps"] is None else f"{s['recovery_steps']:,}" for s in summaries)
-    # the average of all evaluations after step 0: area under the learning curve, i.e. sample efficiency
-    area = [statistics.mean(v for t, v in evals(read_csv(r / "metrics.csv"), "online") if t > 0) for r in runs]
+    area = [mean_after_step0(r) for r in runs]
     last = read_csv(runs[0] / "metrics.csv")[-1]
     updates = int(last["updates"]) if last.get("updates") else summaries[0]["final_step"]  # else 1 per step
     return (f"| {label} | {len(summaries)} | {mean_sd([s['step0_score'] for s in summaries])} | "
@@ -99,7 +108,6 @@ def sweep_block(dataset_dir: Path) -> str:
     summaries = [json.loads((r / "summary.json").read_text()) for rs in runs.values() for r in rs
                  if (r / "summary.json").exists()]
     windows = {min(s["collapse_window"], s["final_step"]) for s in summaries}  # a 25k run's window is its 25k
-    label = lambda name: METHODS[name.split("-")[0]] + (f" [{name.split('-', 1)[1]}]" if "-" in name else "")  # noqa
     rows = [finetune_row(label(name), rs) for name, rs in runs.items()]
     grid = json.loads((dataset_dir.parent / "sweep.json").read_text()) if (dataset_dir.parent / "sweep.json").exists() else {}
     made = ["", f"Made by `{grid['command']}` (stand-in data where the id says standin)."] if grid.get("command") else []
@@ -113,11 +121,40 @@ def sweep_block(dataset_dir: Path) -> str:
         cells = {}
         for r in rs:
             if (r / "summary.json").exists():
-                ev = evals(read_csv(r / "metrics.csv"), "online")
-                cells[r.parent.name] = f"{statistics.mean(v for t, v in ev if t > 0):.1f} / {ev[-1][1]:.1f}"
+                final = evals(read_csv(r / "metrics.csv"), "online")[-1][1]
+                cells[r.parent.name] = f"{mean_after_step0(r):.1f} / {final:.1f}"
         out.append(f"| {label(name)} | " + " | ".join(cells.get(s, "–") for s in seeds) + " |")
     return "\n".join(out + ["", "Agents (weight hash of each seed's TD3+BC agent, the CPU it was pretrained on): "
                              + "; ".join(agent(dataset_dir / s, runs) for s in seeds) + "."] + made)
+
+
+def summary_block(datasets: list[Path]) -> str:
+    """One table over a sweep's datasets: each method's mean score after step 0 and its dip, mean ± sd over finished
+    seeds, the best mean of each dataset in bold, and how many seeds finished where not all did."""
+    runs = {d: sweep_runs(d) for d in datasets}
+    names = sorted({n for rs in runs.values() for n in rs}, key=lambda n: (list(METHODS).index(n.split("-")[0]), n))
+    cells = {}
+    for d, rs in runs.items():
+        seeds = {r.parent.name for dirs in rs.values() for r in dirs}
+        for name, dirs in rs.items():
+            done = [r for r in dirs if (r / "summary.json").exists()]
+            if done:
+                dip = mean_sd([json.loads((r / "summary.json").read_text())["dip"] for r in done])
+                cells[d, name] = ([mean_after_step0(r) for r in done], dip, len(seeds))
+    best = {d: max((statistics.mean(c[0]) for (e, _), c in cells.items() if e == d), default=None) for d in datasets}
+    out = ["| method | " + " | ".join(f"`{d.name.replace('-', '/', 2)}`" for d in datasets) + " |",
+           "|---" * (1 + len(datasets)) + "|"]
+    for name in names:
+        row = []
+        for d in datasets:
+            if (d, name) not in cells:
+                row.append("–")
+                continue
+            area, dip, n = cells[d, name]
+            mean = f"**{mean_sd(area)}**" if statistics.mean(area) == best[d] else mean_sd(area)
+            row.append(f"{mean} (dip {dip})" + (f", {len(area)} of {n} seeds" if len(area) < n else ""))
+        out.append(f"| {label(name)} | " + " | ".join(row) + " |")
+    return "\n".join(out) if cells else "(no finished run yet)"
 
 
 def agent(group: Path, runs: dict[str, list[Path]]) -> str:
@@ -264,8 +301,11 @@ if __name__ == "__main__":
         grid = json.loads((Path(a.sweep) / "sweep.json").read_text())
         n, every = grid["online_steps"], grid["eval_every"]  # diagnostics at 1/20, 1/4 and all of the online steps
         at = tuple(max(every, n // k // every * every) for k in (20, 4)) + (n,)
-        for d in sorted(p for p in Path(a.sweep).iterdir() if p.is_dir() and p.name != "logs"):
-            label = lambda n: METHODS[n.split("-")[0]] + (f" [{n.split('-', 1)[1]}]" if "-" in n else "")  # noqa
+        datasets = sorted(p for p in Path(a.sweep).iterdir() if p.is_dir() and p.name != "logs")
+        name = f"sweepsummary/{Path(a.sweep).name}"  # only where benchmarks.md asks for it (table a)
+        if f"<!-- report:{name} -->" in md:
+            md = replace_block(md, name, summary_block(datasets))
+        for d in datasets:
             labelled = {label(n): rs for n, rs in sweep_runs(d).items()}
             for name, body in ((f"sweep/{Path(a.sweep).name}/{d.name}", sweep_block(d)),
                                (f"sweepdiag/{Path(a.sweep).name}/{d.name}", diagnostics_block(labelled, at)),

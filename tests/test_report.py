@@ -96,6 +96,27 @@ def test_sweep_block_tables_per_seed_and_command(tmp_path):
                                                        "pretrained on): seed0 abababab… (CPU A); seed1 cdcdcdcd… (CPU B).")
 
 
+def test_summary_block_over_datasets(tmp_path):
+    """Table a's summary: one row per method, one column per dataset, mean after step 0 ± sd (best in bold) and dip;
+    a method with fewer finished seeds than the dataset has says so, one without runs there gets –."""
+    summary = {"min_score_in_window": 10.0, "collapse_window": 100000, "final_step": 10, "recovery_steps": 0}
+    hop, cheetah = tmp_path / "standin-hopper-medium-v0", tmp_path / "standin-halfcheetah-medium-v0"
+    for seed, (mid, fin) in enumerate([(20.0, 30.0), (40.0, 70.0)]):  # naive: means after step 0 25 and 55
+        write_run(hop / f"seed{seed}" / "naive_ft", [("online", 0, "", 50.0, 1), ("online", 5, "", mid, 1),
+                                                     ("online", 10, "", fin, 1)], dict(summary, dip=10.0 * seed))
+    write_run(hop / "seed0" / "conservative_ft", [("online", 0, "", 50.0, 1), ("online", 10, "", 60.0, 1)],
+              dict(summary, dip=0.0))
+    write_run(hop / "seed1" / "conservative_ft", [("online", 0, "", 50.0, 1)])  # unfinished
+    write_run(cheetah / "seed0" / "naive_ft", [("online", 0, "", 50.0, 1), ("online", 10, "", 80.0, 1)],
+              dict(summary, dip=0.0))
+    lines = report.summary_block([cheetah, hop]).splitlines()
+    assert lines[0] == "| method | `standin/halfcheetah/medium-v0` | `standin/hopper/medium-v0` |"
+    assert lines[2] == "| naive TD3 finetuning | **80.0** (dip 0.0) | 40.0 ± 21.2 (dip 5.0 ± 7.1) |"
+    assert lines[3] == "| conservative finetuning (ours) | – | **60.0** (dip 0.0), 1 of 2 seeds |"
+    assert len(lines) == 4
+    assert report.summary_block([tmp_path / "empty"]) == "(no finished run yet)"
+
+
 def test_diagnostics_block_for_labelled_runs(tmp_path):
     cols = "phase,step,pi_dist,q_pi_offline,q_pi_online\n"
     for seed, scale in ((0, 1.0), (1, 3.0)):
