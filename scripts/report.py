@@ -65,6 +65,11 @@ def label(name: str) -> str:
     return METHODS[name.split("-")[0]] + (f" [{name.split('-', 1)[1]}]" if "-" in name else "")
 
 
+def row_order(name: str) -> tuple[int, str]:
+    """Sort key of a sweep run directory's name: methods in METHODS order, each before its variants."""
+    return list(METHODS).index(name.split("-")[0]), name
+
+
 def mean_after_step0(run: Path) -> float:
     """The average of all evaluations after step 0: the area under the learning curve, i.e. sample efficiency."""
     return statistics.mean(v for t, v in evals(read_csv(run / "metrics.csv"), "online") if t > 0)
@@ -97,8 +102,7 @@ def sweep_runs(dataset_dir: Path) -> dict[str, list[Path]]:
     for d in sorted(dataset_dir.glob("seed*/*"), key=lambda d: (int(d.parent.name[4:]), d.name)):
         if d.is_dir() and d.name != "pretrain":
             runs.setdefault(d.name, []).append(d)
-    order = list(METHODS)
-    return dict(sorted(runs.items(), key=lambda kv: (order.index(kv[0].split("-")[0]), kv[0])))
+    return dict(sorted(runs.items(), key=lambda kv: row_order(kv[0])))
 
 
 def sweep_block(dataset_dir: Path) -> str:
@@ -132,7 +136,7 @@ def summary_block(datasets: list[Path]) -> str:
     """One table over a sweep's datasets: each method's mean score after step 0 and its dip, mean ± sd over finished
     seeds, the best mean of each dataset in bold, and how many seeds finished where not all did."""
     runs = {d: sweep_runs(d) for d in datasets}
-    names = sorted({n for rs in runs.values() for n in rs}, key=lambda n: (list(METHODS).index(n.split("-")[0]), n))
+    names = sorted({n for rs in runs.values() for n in rs}, key=row_order)
     cells = {}
     for d, rs in runs.items():
         seeds = {r.parent.name for dirs in rs.values() for r in dirs}
