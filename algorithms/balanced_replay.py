@@ -1,6 +1,8 @@
 """Balanced replay and a pessimistic Q-ensemble: TD3 finetuning of an ensemble of pretrained agents whose replay is
-prioritized by a learned density ratio d_online / d_offline (Lee, Seo, Lee, Abbeel & Shin, "Offline-to-Online Reinforcement Learning via Balanced Replay and Pessimistic
-Q-Ensemble", CoRL 2021, arXiv 2107.00591). Details follow the authors' code (shlee94/Off2OnRL, rlkit-based):
+prioritized by a learned density ratio d_online / d_offline (Lee, Seo, Lee, Abbeel & Shin, "Offline-to-Online
+Reinforcement Learning via Balanced Replay and Pessimistic Q-Ensemble", CoRL 2021, arXiv 2107.00591).
+
+Details follow the authors' code (shlee94/Off2OnRL, rlkit-based):
 
 - One prioritized buffer holds every offline transition plus the online ones (online capacity
   `--online-capacity`, 250k, a ring). Sampling is proportional to priority, stratified: the total mass is split
@@ -38,8 +40,6 @@ online_share (fraction of online transitions in each RL batch) and q_std (the en
 members of min(Q_i1, Q_i2)(s, a(s)) on the diagnostic states), besides naive_ft.py's collapse diagnostics (here
 q_pi_* is mean_i min(Q_i1, Q_i2)(s, a(s)), the actor's objective).
 """
-from __future__ import annotations
-
 import copy
 import csv
 import dataclasses
@@ -52,7 +52,6 @@ import random
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated
@@ -61,37 +60,28 @@ import numpy as np
 import torch
 import torch.nn as nn
 import tyro
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from offline_data import (has_reference_scores, load_dataset, make_env, make_eval_env, normalized_score,  # noqa: E402
+from offline_data import (has_reference_scores, load_dataset, make_env, make_eval_env, normalized_score,
                           resolve_dataset_id)
 
 
-@dataclass
+@dataclasses.dataclass
 class Args:
     env: str | None = None
-    """shorthand for the official Minari dataset `mujoco/<env>/medium-v0`: hopper (the default), halfcheetah or
-    walker2d"""
+    """shorthand for the official Minari dataset mujoco/<env>/medium-v0: hopper (the default), halfcheetah, walker2d"""
     dataset_id: str | None = None
-    """any Minari dataset id (e.g. `standin/hopper/medium-v0`); wins over --env. With --checkpoint, the
-    checkpoint's id is used and a different one here is an error"""
+    """any Minari dataset id (e.g. standin/hopper/medium-v0); wins over --env; with --checkpoint, must be its own"""
     checkpoint: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
-    """one agent's checkpoint.pt (td3_bc.py, naive_ft.py or conservative_ft.py: weights, optimizer states,
-    normalization, dataset id) for ensemble member 0; given again, for members 1, 2, ...; members without one are
-    pretrained here"""
+    """an agent's checkpoint.pt (td3_bc, naive_ft or conservative_ft) for member 0; again for members 1, 2, ..."""
     ensemble_size: int = 5
-    """N: agents in the pessimistic Q-ensemble (5, as in the authors' experiments); 1 is balanced replay alone"""
+    """N: agents in the pessimistic Q-ensemble (5, as the authors); members without --checkpoint are pretrained here"""
     seed: int = 0
-    """seeds Python, NumPy, torch, the online env and the evaluation episodes; same seed + same CPU model +
-    same --threads => identical run on CPU"""
+    """seeds everything: same seed, CPU model and --threads give an identical run on a CPU"""
     device: str = "auto"
-    """`auto` (cuda if available, else cpu), `cpu` or `cuda`"""
+    """auto (cuda if available, else cpu), cpu or cuda"""
     threads: int = 0
-    """torch intra-op threads; 0 keeps torch's default (recorded in args.json)"""
+    """torch intra-op threads; 0 keeps torch's default (args.json records the number used)"""
     offline_steps: int | None = None
-    """TD3+BC gradient steps on the dataset for each member pretrained here (the members without --checkpoint, all
-    side by side, each on its own batches); default 1,000,000. Members from --checkpoint do not train offline: when
-    every member has one, there is no offline phase"""
+    """TD3+BC steps of the members pretrained here, side by side; default 1,000,000 (0 when all have --checkpoint)"""
     online_steps: int = 250_000
     """environment steps of online finetuning after the offline phase, one update per step"""
     online_capacity: int = 250_000
@@ -109,8 +99,7 @@ class Args:
     ratio_lr: float = 3e-4
     """Adam learning rate of the density-ratio estimator"""
     reset_optimizers: bool = False
-    """start the online phase with fresh Adam states (default: keep the pretrained moments, as when simply
-    continuing training; fresh moments make the first online steps about lr-sized for every weight)"""
+    """start the online phase with fresh Adam states (default: keep the pretrained moments)"""
     expl_noise: float = 0.1
     """std of the Gaussian exploration noise added to online actions (times max action)"""
     batch_size: int = 256
@@ -122,9 +111,9 @@ class Args:
     tau: float = 0.005
     """target networks: theta' <- tau * theta + (1 - tau) * theta'"""
     lr: float = 3e-4
-    """Adam learning rate of actor and critics"""
+    """Adam learning rate of actors and critics"""
     hidden: int = 256
-    """width of the two hidden layers of actors and critics (with --checkpoint, the checkpoint's width is used)"""
+    """width of the two hidden layers of actors and critics (with --checkpoint, the checkpoint's)"""
     policy_noise: float = 0.2
     """std of the target-policy smoothing noise (times max action)"""
     noise_clip: float = 0.5
@@ -132,22 +121,19 @@ class Args:
     policy_freq: int = 2
     """actor and target networks are updated every policy_freq critic updates"""
     eval_every: int = 5_000
-    """evaluate and checkpoint every this many steps of each phase, at each phase's last step and at online step 0"""
+    """evaluate and checkpoint every this many steps of each phase, at its last step and at online step 0"""
     eval_episodes: int = 10
-    """episodes per evaluation, run side by side in as many envs (one batched actor call per step); episode i is
-    seeded from (--seed, i) only"""
+    """episodes per evaluation, run side by side; episode i is seeded from (--seed, i) only"""
     log_every: int = 1_000
-    """write a metrics row (losses averaged since the last row) every this many steps"""
+    """write a metrics row (each value's mean since the last row) every this many steps"""
     collapse_window: int = 50_000
-    """online summary: the dip is the step-0 score minus the lowest evaluation within this many online steps"""
+    """summary.json: the dip is the step-0 score minus the lowest evaluation within this many online steps"""
     run_name: str | None = None
-    """default: `<dataset id with / replaced by ->__balanced_replay__<seed>__<unix time>`"""
+    """default: <dataset id, / replaced by ->__balanced_replay__<seed>__<unix time>"""
     runs_dir: str = "runs"
-    """parent folder of the run directory; an existing run directory is an error, never overwritten"""
+    """parent folder of the run directory (an existing run directory is an error, never overwritten)"""
     resume: str | None = None
-    """continue the interrupted run in this run directory, to the result an uninterrupted run gives (same machine,
-    same --threads); its args.json supplies every other flag, and a flag given here must agree with it"""
-
+    """continue the killed run in this directory to the result of an uninterrupted one; its args.json holds the flags"""
 
 # ---------------------------------------------------------------------------------------------- networks
 class EnsembleLinear(nn.Module):
@@ -208,56 +194,6 @@ class EnsembleActor(nn.Module):
         return self.members(obs.reshape(-1, obs.shape[-1])).mean(0).reshape(*obs.shape[:-1], -1)
 
 
-# ---------------------------------------------------------------------------------------------- one update
-def update(step: int, batch, actor, actor_target, critic, critic_target, actor_opt, critic_opt, args,
-           offline: bool) -> dict:
-    """One gradient step of the ensemble on batch = (s, a, r, s', terminated). Offline (TD3+BC pretraining) every
-    member trains on its own batch (leading dim N) exactly as td3_bc.py; online (TD3) one batch (B, .) serves all,
-    and actions are the ensemble's mean action. Member i's twins are critics i and N + i. Returns detached scalar
-    tensors (no host sync); losses are per member (their sums over members, which the gradients follow, over N)."""
-    obs, act, rew, next_obs, terminated = batch
-    rew, terminated = rew.squeeze(-1), terminated.squeeze(-1)  # (N, B) offline, (B,) online
-    n = actor.n
-    twins = (lambda x: x.repeat(2, 1, 1)) if offline else (lambda x: x)  # member i's batch for critics i and N+i
-    with torch.no_grad():
-        # target-policy smoothing: a' = clip(pi'(s') + clip(eps, -c, c), -max, max), eps ~ N(0, sigma^2), with
-        # pi' member i's target actor (offline) or the ensemble's, mean_i pi'_i (online)
-        max_action = actor.max_action
-        next_pi = actor_target.members(next_obs) if offline else actor_target(next_obs)
-        noise = (torch.randn_like(next_pi) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip) * max_action
-        next_act = torch.max(torch.min(next_pi + noise, max_action), -max_action)
-        # each member's clipped double-Q target: y_i = r + gamma * (1 - terminated) * min(Q'_i1, Q'_i2)(s', a')
-        q_next = critic_target(twins(next_obs), twins(next_act)).view(2, n, -1).min(0).values
-        target_q = rew + args.gamma * (1.0 - terminated) * q_next  # (N, B)
-    q = critic(twins(obs), twins(act)).view(2, n, -1)  # (twin, member, B)
-    critic_loss = ((q - target_q) ** 2).mean(-1).sum()  # sum_i MSE(Q_i1, y_i) + MSE(Q_i2, y_i)
-    critic_opt.zero_grad(set_to_none=True)
-    critic_loss.backward()
-    critic_opt.step()
-    info = {"critic_loss": critic_loss.detach() / n, "q_mean": q.detach().mean()}
-
-    if step % args.policy_freq == 0:  # delayed policy update
-        if offline:  # TD3+BC pretraining of each member (Fujimoto & Gu 2021, Eq. 3)
-            pi = actor.members(obs)  # pi_i(s_i), (N, B, act_dim)
-            q_pi = critic(obs, pi, n=n)  # Q_i1(s_i, pi_i(s_i)), (N, B)
-            lmbda = args.alpha / q_pi.abs().mean(1, keepdim=True).detach()  # lambda_i = alpha / mean|Q_i1(s, pi_i(s))|
-            reg_loss = ((pi - act) ** 2).mean((1, 2)).sum()  # behaviour cloning towards each member's dataset actions
-            actor_loss = -(lmbda * q_pi).mean(1).sum() + reg_loss
-        else:  # the ensemble's action maximizes mean_i min(Q_i1, Q_i2): pessimism, nothing holds it near the data
-            q_pi = critic(obs, actor(obs)).view(2, n, -1).min(0).values
-            lmbda, reg_loss = torch.ones((), device=obs.device), torch.zeros((), device=obs.device)
-            actor_loss = -q_pi.mean(1).sum()  # = -N mean_i min(Q_i1, Q_i2): a sum over members, as offline
-        actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward(inputs=list(actor.parameters()))  # gradients for the actors only
-        actor_opt.step()
-        with torch.no_grad():  # Polyak averaging, theta' <- theta' + tau * (theta - theta')
-            torch._foreach_lerp_(list(actor_target.parameters()), list(actor.parameters()), args.tau)
-            torch._foreach_lerp_(list(critic_target.parameters()), list(critic.parameters()), args.tau)
-        info.update(actor_loss=actor_loss.detach() / n, reg_loss=reg_loss.detach() / n, lmbda=lmbda.mean())
-    return info
-
-
-# ---------------------------------------------------------------------------------------------- helpers
 class SumTree:
     """Sum tree over `capacity` leaf priorities, in torch on the device (float64 sums). A wide tree: each node sums
     `fanout` children, so 1.25M leaves need 4 levels instead of 21 and a batched update or sample is a handful of
@@ -332,22 +268,6 @@ def initial_max_priority(n_offline: int, fraction: float, n_first: int) -> float
     return n_offline * fraction / ((1.0 - fraction) * n_first)
 
 
-def update_ratio_and_priorities(weight_net, weight_opt, tree, idx, rl_batch, off_batch, on_batch, args):
-    """One balanced-replay step: new priorities for the sampled RL batch from the current estimator (before its
-    update), then one estimator update. Returns (new priorities, detached scalar stats)."""
-    b = off_batch[0].shape[0]  # one forward over the offline and online batch: w_off, w_on = its two halves
-    w_off, w_on = weight_net(torch.cat([off_batch[0], on_batch[0]]), torch.cat([off_batch[1], on_batch[1]])).split(b)
-    with torch.no_grad():  # priority = w^(1/T) / mean_offline(w^(1/T)), clamped to [1e-3, 1e3]
-        inv_t = 1.0 / args.temperature
-        priority = (weight_net(rl_batch[0], rl_batch[1]) ** inv_t / ((w_off ** inv_t).mean() + 1e-10)).clamp(1e-3, 1e3)
-    tree.update(idx, priority)
-    loss = density_ratio_loss(w_off, w_on)
-    weight_opt.zero_grad(set_to_none=True)
-    loss.backward()
-    weight_opt.step()
-    return priority, {"ratio_loss": loss.detach(), "w_offline": w_off.detach().mean(), "w_online": w_on.detach().mean()}
-
-
 def agent_part(ckpt: dict) -> dict:
     """One agent's checkpoint (td3_bc.py, naive_ft.py, conservative_ft.py) as a 1-member part of an ensemble: its
     actor's nn.Linear weights (out, in) and biases (out,) become EnsembleActor's (1, in, out) and (1, 1, out), and
@@ -387,10 +307,546 @@ def stack_members(parts: list[dict]) -> dict:
     return out
 
 
+def networks(n: int, obs_dim: int, act_dim: int, max_action, args, device, saved: dict | None = None) -> tuple:
+    """An ensemble of n agents: actors, 2n critics (agent i's twins are critics i and n + i), target copies, one
+    fused Adam each for all actors and for all critics (same math as n separate Adams); loaded from `saved`."""
+    actor = EnsembleActor(obs_dim, act_dim, max_action, args.hidden, n).to(device)
+    critic = Critic(obs_dim, act_dim, args.hidden, 2 * n).to(device)
+    nets = (actor, critic, copy.deepcopy(actor).requires_grad_(False), copy.deepcopy(critic).requires_grad_(False),
+            torch.optim.Adam(actor.parameters(), lr=args.lr, fused=True),
+            torch.optim.Adam(critic.parameters(), lr=args.lr, fused=True))
+    for name, obj in zip(("actor", "critic", "actor_target", "critic_target", "actor_opt", "critic_opt"), nets):
+        if saved and saved[name] is not None:
+            obj.load_state_dict(saved[name])
+        elif saved:  # stack_members: a member never trained
+            print(f"note: a member has no {name} state (it never trained): the ensemble's {name} starts fresh")
+    return nets
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def ensemble_diagnostics(replay, n_off: int, n_on: int, obs_dim: int, actor, critic, pretrained_actor, gen) -> dict:
+    """naive_ft.py's collapse diagnostics for the ensemble (q_pi_*: mean_i min(Q_i1, Q_i2)(s, a(s)), the actor's
+    objective), and q_std: the members' disagreement, the std over members of min(Q_i1, Q_i2)(s, a(s))."""
+    with torch.no_grad():
+        s_off = replay[torch.randint(n_off, (1024,), device=replay.device, generator=gen), :obs_dim]
+        s_on = replay[n_off + torch.randint(n_on, (1024,), device=replay.device, generator=gen), :obs_dim]
+        s = torch.cat([s_off, s_on])
+        pi = actor(s)  # the ensemble's action
+        q_pi = critic(s, pi).view(2, actor.n, -1).min(0).values  # min(Q_i1, Q_i2)(s, a(s)), (N, 2048)
+        return {"pi_dist": float((pi - pretrained_actor(s)).norm(dim=-1).mean()),
+                "q_pi_offline": float(q_pi[:, :1024].mean()), "q_pi_online": float(q_pi[:, 1024:].mean()),
+                "q_std": float(q_pi.std(0, correction=0).mean())}
+
+
+# ---------------------------------------------------------------------------------------------- one update
+def update(step: int, batch, actor, actor_target, critic, critic_target, actor_opt, critic_opt, args,
+           offline: bool) -> dict:
+    """One gradient step of the ensemble on batch = (s, a, r, s', terminated). Offline (TD3+BC pretraining) every
+    member trains on its own batch (leading dim N) exactly as td3_bc.py; online (TD3) one batch (B, .) serves all,
+    and actions are the ensemble's mean action. Member i's twins are critics i and N + i. Returns detached scalar
+    tensors (no host sync); losses are per member (their sums over members, which the gradients follow, over N)."""
+    obs, act, rew, next_obs, terminated = batch
+    rew, terminated = rew.squeeze(-1), terminated.squeeze(-1)  # (N, B) offline, (B,) online
+    n = actor.n
+    twins = (lambda x: x.repeat(2, 1, 1)) if offline else (lambda x: x)  # member i's batch for critics i and N+i
+    with torch.no_grad():
+        # target-policy smoothing: a' = clip(pi'(s') + clip(eps, -c, c), -max, max), eps ~ N(0, sigma^2), with
+        # pi' member i's target actor (offline) or the ensemble's, mean_i pi'_i (online)
+        max_action = actor.max_action
+        next_pi = actor_target.members(next_obs) if offline else actor_target(next_obs)
+        noise = (torch.randn_like(next_pi) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip) * max_action
+        next_act = torch.max(torch.min(next_pi + noise, max_action), -max_action)
+        # each member's clipped double-Q target: y_i = r + gamma * (1 - terminated) * min(Q'_i1, Q'_i2)(s', a')
+        q_next = critic_target(twins(next_obs), twins(next_act)).view(2, n, -1).min(0).values
+        target_q = rew + args.gamma * (1.0 - terminated) * q_next  # (N, B)
+    q = critic(twins(obs), twins(act)).view(2, n, -1)  # (twin, member, B)
+    critic_loss = ((q - target_q) ** 2).mean(-1).sum()  # sum_i MSE(Q_i1, y_i) + MSE(Q_i2, y_i)
+    critic_opt.zero_grad(set_to_none=True)
+    critic_loss.backward()
+    critic_opt.step()
+    info = {"critic_loss": critic_loss.detach() / n, "q_mean": q.detach().mean()}
+
+    if step % args.policy_freq == 0:  # delayed policy update
+        if offline:  # TD3+BC pretraining of each member (Fujimoto & Gu 2021, Eq. 3)
+            pi = actor.members(obs)  # pi_i(s_i), (N, B, act_dim)
+            q_pi = critic(obs, pi, n=n)  # Q_i1(s_i, pi_i(s_i)), (N, B)
+            lmbda = args.alpha / q_pi.abs().mean(1, keepdim=True).detach()  # lambda_i = alpha / mean|Q_i1(s, pi_i(s))|
+            reg_loss = ((pi - act) ** 2).mean((1, 2)).sum()  # behaviour cloning towards each member's dataset actions
+            actor_loss = -(lmbda * q_pi).mean(1).sum() + reg_loss
+        else:  # the ensemble's action maximizes mean_i min(Q_i1, Q_i2): pessimism, nothing holds it near the data
+            q_pi = critic(obs, actor(obs)).view(2, n, -1).min(0).values
+            lmbda, reg_loss = torch.ones((), device=obs.device), torch.zeros((), device=obs.device)
+            actor_loss = -q_pi.mean(1).sum()  # = -N mean_i min(Q_i1, Q_i2): a sum over members, as offline
+        actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward(inputs=list(actor.parameters()))  # gradients for the actors only
+        actor_opt.step()
+        with torch.no_grad():  # Polyak averaging, theta' <- theta' + tau * (theta - theta')
+            torch._foreach_lerp_(list(actor_target.parameters()), list(actor.parameters()), args.tau)
+            torch._foreach_lerp_(list(critic_target.parameters()), list(critic.parameters()), args.tau)
+        info.update(actor_loss=actor_loss.detach() / n, reg_loss=reg_loss.detach() / n, lmbda=lmbda.mean())
+    return info
+
+
+def update_ratio_and_priorities(weight_net, weight_opt, tree, idx, rl_batch, off_batch, on_batch, args):
+    """One balanced-replay step: new priorities for the sampled RL batch from the current estimator (before its
+    update), then one estimator update. Returns (new priorities, detached scalar stats)."""
+    b = off_batch[0].shape[0]  # one forward over the offline and online batch: w_off, w_on = its two halves
+    w_off, w_on = weight_net(torch.cat([off_batch[0], on_batch[0]]), torch.cat([off_batch[1], on_batch[1]])).split(b)
+    with torch.no_grad():  # priority = w^(1/T) / mean_offline(w^(1/T)), clamped to [1e-3, 1e3]
+        inv_t = 1.0 / args.temperature
+        priority = (weight_net(rl_batch[0], rl_batch[1]) ** inv_t / ((w_off ** inv_t).mean() + 1e-10)).clamp(1e-3, 1e3)
+    tree.update(idx, priority)
+    loss = density_ratio_loss(w_off, w_on)
+    weight_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    weight_opt.step()
+    return priority, {"ratio_loss": loss.detach(), "w_offline": w_off.detach().mean(), "w_online": w_on.detach().mean()}
+
+
+def validate(args: Args) -> None:
+    check_flags(args, ("offline_steps", "online_steps", "expl_noise", "warmup_updates"),
+                ("batch_size", "eval_every", "eval_episodes", "log_every", "policy_freq", "hidden", "collapse_window",
+                 "ensemble_size", "online_capacity", "temperature", "warmup_online_steps", "ratio_batch_size",
+                 "ratio_lr"))
+    if not 0.0 < args.init_online_fraction < 1.0:
+        raise SystemExit(f"error: --init-online-fraction must be in (0, 1), got {args.init_online_fraction}")
+    if 0 < args.online_steps < args.warmup_online_steps:
+        raise SystemExit(f"error: --online-steps {args.online_steps} is less than --warmup-online-steps "
+                         f"{args.warmup_online_steps}: no update would ever run")
+    if len(args.checkpoint) > args.ensemble_size:
+        raise SystemExit(f"error: {len(args.checkpoint)} --checkpoint for an ensemble of --ensemble-size "
+                         f"{args.ensemble_size}: one checkpoint per member at most")
+    for path in () if args.resume else args.checkpoint:
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: checkpoint {path} does not exist")
+
+
+# ---------------------------------------------------------------------------------------------- training
+def train(args: Args) -> None:
+    script = Path(__file__).stem
+    args, saved, state = start(args, script)  # state: the last checkpoint of a run continued with --resume
+    validate(args)
+    requested = resolve_dataset_id(args.env, args.dataset_id) if args.env or args.dataset_id else None
+    agents = [] if state else [load_checkpoint(p, requested) for p in args.checkpoint]  # members 0, 1, ... from files
+    ckpt = state or (agents[0] if agents else None)
+    for path, agent in zip(args.checkpoint[1:], agents[1:]):
+        if (agent["dataset_id"], agent["args"]["hidden"]) != (ckpt["dataset_id"], ckpt["args"]["hidden"]):
+            raise SystemExit(f"error: --checkpoint {path} ({agent['dataset_id']}, --hidden {agent['args']['hidden']}) "
+                             f"does not fit --checkpoint {args.checkpoint[0]} ({ckpt['dataset_id']}, --hidden "
+                             f"{ckpt['args']['hidden']}): an ensemble's members share one dataset and one width")
+    n_pre = args.ensemble_size - len(args.checkpoint)  # members pretrained here, after the loaded ones
+    args, device, run_dir = prepare(
+        args, script, ckpt["dataset_id"] if ckpt else requested or resolve_dataset_id("hopper", None),
+        offline_steps=0 if not n_pre else 1_000_000 if args.offline_steps is None else args.offline_steps,
+        hidden=ckpt["args"]["hidden"] if ckpt else args.hidden)
+    if n_pre and not args.offline_steps:
+        raise SystemExit(f"error: {n_pre} of the {args.ensemble_size} ensemble members have no --checkpoint, and "
+                         f"--offline-steps 0 would finetune them untrained")
+
+    # data on the device: one replay table, the offline rows first, then a ring of `capacity` online rows
+    n_on, capacity = 0, min(args.online_steps, args.online_capacity)
+    data, replay, split, about = load_replay(args.dataset_id, ckpt, args.checkpoint[0] if agents else run_dir,
+                                             capacity, device)
+    n_off, (obs_dim, act_dim), (obs_mean, obs_std) = len(data.obs), split[:2], (about["obs_mean"], about["obs_std"])
+    to_dev = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device)  # noqa: E731
+    eval_envs, env = [make_eval_env(data.dataset) for _ in range(args.eval_episodes)], make_env(data.dataset)
+    tree = SumTree(n_off + capacity, device)  # priorities of every replay row; offline rows start at 1
+    tree.update(torch.arange(n_off, device=device), torch.ones(n_off, device=device))
+    max_priority = torch.tensor(initial_max_priority(n_off, args.init_online_fraction, args.warmup_online_steps),
+                                dtype=torch.float64, device=device)
+    updates_done = 0  # online updates so far (the warm-up burst included)
+
+    # networks and optimizers: members 0..k-1 come from --checkpoint, k..N-1 are pretrained here (an ensemble of
+    # their own in the offline phase); at the handoff all N become one ensemble
+    max_action = to_dev(data.dataset.action_space.high)
+    NETS = ("actor", "critic", "actor_target", "critic_target", "actor_opt", "critic_opt")
+    ensemble = lambda n, saved=None: networks(n, obs_dim, act_dim, max_action, args, device, saved)  # noqa: E731
+    members = state["members"] if state else [agent_part(agent) for agent in agents]
+    if state:
+        nets = ensemble(args.ensemble_size if state["phase"] == "online" else n_pre, state)
+    else:
+        nets = ensemble(n_pre) if n_pre else ensemble(args.ensemble_size, stack_members(members))
+    actor, critic, actor_target, critic_target, actor_opt, critic_opt = nets
+    pretrained_actor = None  # pi_0: a frozen copy of the ensemble's actors when the online phase starts
+    if state and state["pretrained_actor"] is not None:
+        pretrained_actor = copy.deepcopy(actor).requires_grad_(False)
+        pretrained_actor.load_state_dict(state["pretrained_actor"])
+    weight_net = DensityRatio(obs_dim, act_dim, args.hidden).to(device)
+    weight_opt = torch.optim.Adam(weight_net.parameters(), lr=args.ratio_lr, fused=True)
+    if state:  # the estimator, the sum tree, its running maximum and the update count where the checkpoint left them
+        weight_net.load_state_dict(state["weight_net"])
+        weight_opt.load_state_dict(state["weight_opt"])
+        tree.levels = [x.to(device) for x in state["run"]["tree"]]
+        max_priority, updates_done = state["run"]["max_priority"].to(device), state["run"]["updates_done"]
+
+    columns = ["phase", "step", "critic_loss", "actor_loss", "reg_loss", "q_mean", "lmbda", "pi_dist",
+               "q_pi_offline", "q_pi_online", "q_std", "w_offline", "w_online", "online_share", "ratio_loss", "updates",
+               "train_return", "eval_return", "eval_return_std", "eval_score", "updates_per_s", "elapsed_s"]
+    run = Run(run_dir, columns, args, script, saved, state, device, data,
+              checkpoint_sha256=weights_sha256(ckpt) if ckpt else None,  # the agent a --checkpoint run starts from
+              members_sha256=[weights_sha256(agent) for agent in agents])  # every member from --checkpoint
+    print(f"ensemble of {args.ensemble_size}: {len(args.checkpoint)} from --checkpoint, {n_pre} pretrained here" +
+          (f" ({args.offline_steps} steps each)" if n_pre else " (no offline phase)"), flush=True)
+
+    def checkpoint(phase: str, step: int) -> dict:
+        """Everything the rest of the run depends on (Run.write adds the run files' sizes and the evaluations)."""
+        return {"args": dataclasses.asdict(args), **about, "actor": actor.state_dict(), "critic": critic.state_dict(),
+                "actor_target": actor_target.state_dict(), "critic_target": critic_target.state_dict(),
+                "actor_opt": actor_opt.state_dict(), "critic_opt": critic_opt.state_dict(),
+                "pretrained_actor": pretrained_actor.state_dict() if pretrained_actor else None, "rng": rng_state(gen),
+                "weight_net": weight_net.state_dict(), "weight_opt": weight_opt.state_dict(),
+                "ensemble_size": args.ensemble_size, "members": members,
+                "run": {"n_on": n_on, "online_rows": replay[n_off:n_off + min(n_on, capacity)].to("cpu", copy=True),
+                        "obs": obs_t, "ep_return": ep_return, "episode": episode, "recent_returns": recent_returns,
+                        "reset_state": reset_state, "tree": tree.levels, "max_priority": max_priority,
+                        "updates_done": updates_done}}
+
+    gen = torch.Generator(device=device).manual_seed(args.seed)  # the diagnostics' own RNG
+    # the online loop's state: online rows, normalized s, the episode's return and actions, returns since the last
+    # metrics row, the env's RNG state before the current episode's reset (None: the first, seeded reset)
+    n_on, obs_t, ep_return, episode, recent_returns, reset_state = restore(
+        state, env, replay, n_off, gen, lambda o: to_dev((o - obs_mean) / obs_std), run_dir)
+    off_done = state["step"] if state and state["phase"] == "offline" else args.offline_steps if state else 0
+    on_done = state["step"] if state and state["phase"] == "online" else None  # None: the online phase has not begun
+
+    # ------------------------------------------------------------------ offline phase: the members without --checkpoint
+    for step in range(off_done + 1, args.offline_steps + 1):  # TD3+BC side by side, each member on its own batches
+        idx = torch.randint(n_off, (actor.n, args.batch_size), device=device)
+        run.add(update(step, replay[idx].split(split, dim=-1), actor, actor_target, critic, critic_target, actor_opt,
+                       critic_opt, args, offline=True))
+        evaluated = step % args.eval_every == 0 or step == args.offline_steps  # evaluate, then checkpoint
+        if evaluated or step % args.log_every == 0:
+            row = run.row("offline", step)  # the window's mean losses: the host reads the device sums here only
+            returns = evaluate(actor, eval_envs, obs_mean, obs_std, args.seed, device) if evaluated else None
+            run.write(row, args.offline_steps, returns, checkpoint("offline", step) if evaluated else None)
+    if args.offline_steps == args.online_steps == 0 and not state:  # nothing to train: evaluate the agents as they are
+        run.write(run.row("offline", 0), 0, evaluate(actor, eval_envs, obs_mean, obs_std, args.seed, device),
+                  checkpoint("offline", 0))
+
+    # ------------------------------------------------------------------ online phase: act, store, update
+    if args.online_steps > 0:
+        if on_done is None:  # the handoff: one ensemble, pi_0, the first reset, the step-0 evaluation
+            if actor.n < args.ensemble_size:  # the members from --checkpoint, then those pretrained here
+                trained = {"n": actor.n, **{name: obj.state_dict() for name, obj in zip(NETS, nets)}}
+                nets = ensemble(args.ensemble_size, stack_members(members + [trained]))
+                actor, critic, actor_target, critic_target, actor_opt, critic_opt = nets
+            pretrained_actor = copy.deepcopy(actor).requires_grad_(False)
+            if args.reset_optimizers:  # fresh Adam moments for the online phase
+                actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, fused=True)
+                critic_opt = torch.optim.Adam(critic.parameters(), lr=args.lr, fused=True)
+            obs_t = to_dev((env.reset(seed=args.seed)[0] - obs_mean) / obs_std)  # normalized s, uploaded once a step
+            run.write(run.row("online", 0), args.online_steps,  # step 0: the pretrained policy, before any update
+                      evaluate(actor, eval_envs, obs_mean, obs_std, args.seed, device), checkpoint("online", 0))
+        for step in range((on_done or 0) + 1, args.online_steps + 1):
+            with torch.no_grad():  # a = clip(a(s) + N(0, (sigma * max_action)^2)), a(s) = mean_i pi_i(s)
+                a = actor(obs_t)
+                a = (a + torch.randn_like(a) * args.expl_noise * max_action).clamp(-max_action, max_action)
+            action = a.cpu().numpy()
+            run.check_finite("online", step, action)  # non-finite weights: stop before the env sees the action
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            # a truncated step is stored as non-terminal; it enters the tree at the running maximum priority
+            # [r | normalized s' | terminated] in one upload; s' is then reused as the next step's s
+            r_s2_term = to_dev(np.concatenate([[reward], (next_obs - obs_mean) / obs_std, [terminated]]))
+            i = n_off + n_on % capacity  # the ring's next row
+            replay[i] = torch.cat([obs_t, a, r_s2_term])
+            tree.update(torch.tensor([i], device=device), max_priority[None])
+            n_on, obs_t, ep_return = n_on + 1, r_s2_term[1:-1], ep_return + float(reward)
+            episode.append(action)
+            if terminated or truncated:
+                run.episode(step, ep_return, len(episode))
+                recent_returns.append(ep_return)
+                reset_state = env.unwrapped.np_random.bit_generator.state  # how the next episode starts (--resume)
+                obs_t, ep_return, episode = to_dev((env.reset()[0] - obs_mean) / obs_std), 0.0, []
+            # no update before the warm-up transitions are in; then the warm-up burst; then one per step
+            for _ in range(0 if step < args.warmup_online_steps else
+                           args.warmup_updates if step == args.warmup_online_steps else 1):
+                updates_done += 1
+                idx = tree.sample(args.batch_size)  # proportional to priority, stratified
+                batch = replay[idx].split(split, dim=1)
+                info = update(updates_done, batch, actor, actor_target, critic, critic_target, actor_opt, critic_opt,
+                              args, offline=False)
+                off = replay[torch.randint(n_off, (args.ratio_batch_size,), device=device)].split(split, dim=1)
+                on = replay[n_off + torch.randint(min(n_on, capacity), (args.ratio_batch_size,), device=device)]
+                priority, stats = update_ratio_and_priorities(weight_net, weight_opt, tree, idx, batch, off,
+                                                              on.split(split, dim=1), args)
+                max_priority = torch.maximum(max_priority, priority.max().to(torch.float64))
+                run.add({**info, **stats, "online_share": (idx >= n_off).float().mean()})
+            evaluated = step % args.eval_every == 0 or step == args.online_steps  # evaluate, then checkpoint
+            if evaluated or step % args.log_every == 0:  # a metrics row, with the collapse diagnostics
+                row = run.row("online", step, {
+                    **ensemble_diagnostics(replay, n_off, min(n_on, capacity), obs_dim, actor, critic, pretrained_actor,
+                                           gen),
+                    "train_return": float(np.mean(recent_returns)) if recent_returns else None,
+                    "updates": updates_done})
+                recent_returns = []
+                returns = evaluate(actor, eval_envs, obs_mean, obs_std, args.seed, device) if evaluated else None
+                run.write(row, args.online_steps, returns, checkpoint("online", step) if evaluated else None)
+    run.close(args.collapse_window if args.online_steps > 0 else None)
+
+
+# --- run files: identical in every script (tests/test_shared_code.py) ---------------------------------------------
+CHECKPOINT_FORMAT = 3  # --resume continues this format only; --checkpoint reads the weights of any format
+
+
+class Run:
+    """The run directory: args.json, metrics.csv (a row every --log-every steps: each value's mean since the last
+    row, read from its device sum only then), episodes.csv, checkpoint.pt (at each evaluation), summary.json."""
+
+    def __init__(self, run_dir: Path, columns: list[str], args, script: str, saved, state, device, data, **agents):
+        run_dir.mkdir(parents=True, exist_ok=bool(args.resume))
+        if saved:  # the run's args stay as they were; each resume adds when, where from, with which code
+            saved["resumes"].append({"from": f"{state['phase']} step {state['step']}" if state else "the start",
+                                     "meta": run_metadata(device)})
+        info = saved or {"algorithm": script, "args": dataclasses.asdict(args), "meta": run_metadata(device),
+                         "resumes": [], **agents}
+        atomic_save(run_dir / "args.json", json.dumps(info, indent=2))
+        run = state["run"] if state else {"files": {}, "evals": [], "elapsed_s": 0.0}
+        self.dir, self.script, self.dataset, self.evals = run_dir, script, data.dataset, run["evals"]
+        self.files = []  # new, or cut back to the sizes the checkpoint recorded (rows after it are dropped)
+        for name, header in (("metrics.csv", columns), ("episodes.csv", ["step", "return", "length", "score"])):
+            path, size = run_dir / name, run["files"].get(name)
+            if size is not None and (not path.exists() or path.stat().st_size < size):
+                raise SystemExit(f"error: {path} is shorter than its checkpoint records: the run directory is "
+                                 f"incomplete")
+            self.files.append(open(path, "w" if size is None else "a", newline=""))
+            self.files[-1].truncate(size) if size is not None else csv.writer(self.files[-1]).writerow(header)
+        self.metrics, self.episodes = csv.DictWriter(self.files[0], columns), csv.writer(self.files[1])
+        self.sums, self.counts, self.row_from = {}, {}, state["step"] + 1 if state else 1
+        self.last_checkpoint = f"{state['phase']} step {state['step']}" if state else None
+        self.start, self.t_last, self.eta_from = time.perf_counter() - run["elapsed_s"], time.perf_counter(), None
+        print(f"{script} on {args.dataset_id}: {len(data.obs)} offline transitions, device {device}, "
+              f"{torch.get_num_threads()} threads, run dir {run_dir}", flush=True)
+        if not has_reference_scores(data.dataset):
+            print(f"note: {args.dataset_id} has no reference scores: every score here (progress, eval_score, "
+                  f"episodes.csv, summary.json) is a raw return", flush=True)
+
+    def add(self, info: dict) -> None:
+        for k, v in info.items():  # device tensors: no host sync
+            self.sums[k], self.counts[k] = self.sums.get(k, 0.0) + v, self.counts.get(k, 0) + 1
+
+    def row(self, phase: str, step: int, extra: dict | None = None) -> dict:
+        """The metrics row of the steps since the last one; a row that is not finite is written, then stops the run."""
+        row = {k: float(self.sums[k]) / self.counts[k] for k in self.sums}  # the host reads the sums here only
+        row.update(phase=phase, step=step, **(extra or {}))
+        if self.counts:
+            row["updates_per_s"] = self.counts["critic_loss"] / (time.perf_counter() - self.t_last)
+        if not all(math.isfinite(row[k]) for k in self.sums):
+            self.metrics.writerow(row)
+            self.files[0].flush()
+            self.check_finite(phase, step)
+        self.sums, self.counts, self.row_from = {}, {}, step + 1
+        return row
+
+    def check_finite(self, phase: str, step: int, action: np.ndarray | None = None) -> None:
+        """Stop with one line if a loss of the current row, or the action about to be taken, is not finite."""
+        if action is not None and np.isfinite(action).all():
+            return
+        bad = [k for k in self.sums if not math.isfinite(float(self.sums[k]))] + ([] if action is None else ["action"])
+        if bad:
+            raise SystemExit(f"error: non-finite {', '.join(bad)} in {phase} steps {self.row_from}-{step}: stopped; "
+                             + (f"the last checkpoint ({self.last_checkpoint}) is untouched, continue it with "
+                                f"--resume {self.dir}" if self.last_checkpoint else "no checkpoint was written yet"))
+
+    def write(self, row: dict, last: int, returns: np.ndarray | None = None, checkpoint: dict | None = None) -> None:
+        """Write a metrics row, with an evaluation's returns, then the checkpoint of the weights evaluated."""
+        phase, step, now = row["phase"], row["step"], time.perf_counter()
+        if returns is not None:
+            row.update(eval_return=returns.mean(), eval_return_std=returns.std(),
+                       eval_score=float(normalized_score(self.dataset, returns).mean()))
+            self.evals += [(step, row["eval_score"])] if phase == "online" else []
+        self.metrics.writerow({**row, "elapsed_s": now - self.start})
+        self.files[1].flush()
+        if checkpoint is not None:  # metrics.csv and episodes.csv reach the disk before it records their sizes
+            for f in self.files:
+                f.flush()
+                os.fsync(f.fileno())
+            checkpoint["run"].update(files={Path(f.name).name: os.path.getsize(f.name) for f in self.files},
+                                     evals=self.evals, elapsed_s=time.perf_counter() - self.start)
+            atomic_save(self.dir / "checkpoint.pt", {"format": CHECKPOINT_FORMAT, "algorithm": self.script,
+                                                     "phase": phase, "step": step, **checkpoint})
+            self.last_checkpoint = f"{phase} step {step}"
+        if self.eta_from is None or self.eta_from[0] != phase:  # the speed since this process's first row of a phase
+            self.eta_from = (phase, now, step)
+        shown = [f"{k} {row[k]:.1f}" for k in ("eval_score", "updates_per_s") if k in row]
+        if step > self.eta_from[2]:
+            shown.append(f"ETA {(now - self.eta_from[1]) / (step - self.eta_from[2]) * (last - step) / 60:.1f} min")
+        print(" | ".join([f"{phase:>7} step {step:>8}/{last}", *shown]), flush=True)
+        self.t_last = time.perf_counter()
+
+    def episode(self, step: int, ret: float, length: int) -> None:
+        self.episodes.writerow([step, ret, length, float(normalized_score(self.dataset, ret))])
+
+    def close(self, collapse_window: int | None) -> None:
+        """summary.json (after an online phase: the collapse statistics of its evaluations); close the files."""
+        if collapse_window:
+            summary = {**collapse_summary(self.evals, collapse_window),
+                       "score": "normalized" if has_reference_scores(self.dataset) else "raw return"}
+            atomic_save(self.dir / "summary.json", json.dumps(summary, indent=2))
+            print("summary: " + " | ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                                           for k, v in summary.items()))
+        for f in self.files:
+            f.close()
+        print(f"done in {(time.perf_counter() - self.start) / 60:.1f} min; checkpoint {self.dir / 'checkpoint.pt'}")
+
+
+def check_flags(args, at_least_0: tuple[str, ...], above_0: tuple[str, ...]) -> None:
+    """One line and exit 1 for a flag out of range (--threads and --device too)."""
+    for names, ok, bound in ((at_least_0 + ("threads",), lambda v: v >= 0, ">= 0"), (above_0, lambda v: v > 0, "> 0")):
+        for name in names:
+            if getattr(args, name) is not None and not ok(getattr(args, name)):
+                raise SystemExit(f"error: --{name.replace('_', '-')} must be {bound}, got {getattr(args, name)}")
+    if args.device not in ("auto", "cpu", "cuda"):
+        raise SystemExit(f"error: --device must be auto, cpu or cuda, got {args.device!r}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda, but torch sees no CUDA device")
+
+
+def start(args, script: str):
+    """With --resume: the run's Args (from its args.json; a flag given here must agree), args.json, last checkpoint."""
+    if not args.resume:
+        return args, None, None
+    run_dir, where = Path(args.resume), f"error: --resume {args.resume}:"
+    try:
+        saved = json.loads((run_dir / "args.json").read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{where} " + ("no run there (no args.json)" if isinstance(e, OSError) else
+                                        "its args.json is not valid JSON (truncated?)")) from None
+    made_by = saved.get("algorithm") if isinstance(saved, dict) else None
+    if made_by != script:
+        raise SystemExit(f"{where} that run was made by {made_by}.py; resume it with {made_by}.py" if made_by else
+                         f"{where} not a resumable run (written by an older version of these scripts, or by another "
+                         f"program); continue its weights with --checkpoint instead")
+    try:
+        base = dataclasses.replace(type(args)(**{k: tuple(v) if isinstance(v, list) else v
+                                                 for k, v in saved["args"].items()}), resume=args.resume)
+    except TypeError as e:
+        raise SystemExit(f"{where} its args.json does not fit this script's flags ({e})") from None
+    merged = tyro.cli(type(args), default=base, description=__doc__.split("\n\n")[0])
+    for f in dataclasses.fields(merged):
+        if getattr(merged, f.name) != getattr(base, f.name):
+            raise SystemExit(f"error: --{f.name.replace('_', '-')} {getattr(merged, f.name)} contradicts the resumed "
+                             f"run's args.json ({getattr(base, f.name)}); --resume continues a run as it was started")
+    ckpt = run_dir / "checkpoint.pt"  # none: killed before the first checkpoint, the run starts over
+    state = load_checkpoint(str(ckpt), None, ensembles=True) if ckpt.exists() else None
+    if state and (state.get("format"), state.get("algorithm")) != (CHECKPOINT_FORMAT, script):
+        raise SystemExit(f"{where} its checkpoint is format {state.get('format', 1)} of {state.get('algorithm')}, "
+                         f"this script resumes format {CHECKPOINT_FORMAT} of {script}")
+    return merged, saved, state
+
+
+def prepare(args, script: str, dataset_id: str, **resolved):
+    """Args with every default resolved (args.json records them), the device, the run directory; threads, seeds."""
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    run_name = args.run_name or f"{dataset_id.replace('/', '-')}__{script}__{args.seed}__{int(time.time())}"
+    run_dir = Path(args.resume or Path(args.runs_dir) / run_name)
+    if run_dir.exists() and not args.resume:
+        raise SystemExit(f"error: run directory {run_dir} already exists; choose another --run-name or --runs-dir, "
+                         f"or continue it with --resume {run_dir}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    args = dataclasses.replace(args, dataset_id=dataset_id, run_name=run_name, device=str(device), **resolved)
+    return args, device, run_dir
+
+
+def load_replay(dataset_id: str, ckpt: dict | None, source, capacity: int, device):
+    """The dataset; its transitions (s, s' normalized) on the device as a table of rows [s | a | r | s' | terminated]
+    with `capacity` rows for online ones after them (a batch is one gather); the column split; checkpoint info."""
+    data = load_dataset(dataset_id)
+    obs_space, act_space = data.dataset.observation_space, data.dataset.action_space
+    env_spec = data.dataset.spec.env_spec
+    if ckpt and (tuple(ckpt["obs_shape"]), tuple(ckpt["act_shape"]), json.loads(ckpt["env_spec"])["id"]) != \
+            (obs_space.shape, act_space.shape, env_spec.id):
+        raise SystemExit(f"error: checkpoint {source} was made for {json.loads(ckpt['env_spec'])['id']} with "
+                         f"observations {tuple(ckpt['obs_shape'])} and actions {tuple(ckpt['act_shape'])}, but dataset "
+                         f"{dataset_id} is {env_spec.id} with {obs_space.shape} and {act_space.shape}")
+    if not np.allclose(act_space.low, -act_space.high):
+        raise SystemExit(f"error: TD3 needs a symmetric action space, dataset has {act_space}")
+    mean, std = (ckpt["obs_mean"], ckpt["obs_std"]) if ckpt else data.obs_mean_std()
+    columns = [(data.obs - mean) / std, data.actions, data.rewards[:, None], (data.next_obs - mean) / std,
+               data.terminated[:, None]]
+    split = [c.shape[1] for c in columns]
+    replay = torch.empty(len(data.obs) + capacity, sum(split), device=device)
+    replay[:len(data.obs)] = torch.cat([torch.as_tensor(c, dtype=torch.float32, device=device) for c in columns], 1)
+    return data, replay, split, {"dataset_id": dataset_id, "env_spec": env_spec.to_json(), "obs_shape": obs_space.shape,
+                                 "act_shape": act_space.shape, "obs_mean": mean, "obs_std": std}
+
+
+def rng_state(gen: torch.Generator) -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "diagnostics": gen.get_state()}
+
+
+def restore(state: dict | None, env, replay, n_off: int, gen: torch.Generator, normalize, run_dir: Path) -> tuple:
+    """The online loop's state at the checkpoint (None: a new run's): online rows, the env mid-episode, RNGs last."""
+    if state is None:
+        return 0, None, 0.0, [], [], None
+    run, obs_t = state["run"], None if state["run"]["obs"] is None else state["run"]["obs"].to(replay.device)
+    replay[n_off:n_off + len(run["online_rows"])] = run["online_rows"].to(replay.device)
+    if state["phase"] == "online":  # reset the env as the episode was reset, then step through its actions
+        obs = env.reset(seed=state["args"]["seed"])[0]
+        if run["reset_state"] is not None:  # a later episode: reset from the env's RNG state before its reset
+            env.unwrapped.np_random.bit_generator.state = run["reset_state"]
+            obs = env.reset()[0]
+        for a in run["episode"]:  # deterministic given the RNG: MuJoCo's warm start and the time limit come back too
+            obs = env.step(a)[0]
+        if not torch.equal(normalize(obs), obs_t):
+            raise SystemExit(f"error: --resume {run_dir}: replaying the current episode did not reproduce the "
+                             f"checkpointed observation (is the env deterministic?); cannot resume exactly")
+    random.setstate(state["rng"]["python"])
+    np.random.set_state(state["rng"]["numpy"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if replay.device.type == "cuda":
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    gen.set_state(state["rng"]["diagnostics"])
+    print(f"resuming from the checkpoint at {state['phase']} step {state['step']}", flush=True)
+    return run["n_on"], obs_t, run["ep_return"], run["episode"], run["recent_returns"], run["reset_state"]
+
+
+def atomic_save(path: Path, obj) -> None:
+    """Write a temporary file, flush it to disk, then rename it: a kill leaves the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(obj.encode()) if isinstance(obj, str) else torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, dataset_id: str | None, ensembles: bool = False) -> dict:
+    """A checkpoint of these scripts for a requested dataset id (None: any); an ensemble only when `ensembles`."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # only load checkpoints you trust
+    except Exception as e:
+        raise SystemExit(f"error: cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}")
+    if not isinstance(ckpt, dict) or not {"actor", "critic", "dataset_id", "obs_shape"} <= ckpt.keys():
+        raise SystemExit(f"error: {path} is not a checkpoint written by these scripts")
+    if ckpt.get("ensemble_size") and not ensembles:
+        raise SystemExit(f"error: {path} holds an ensemble of {ckpt['ensemble_size']} agents (balanced_replay.py); "
+                         f"start from one agent: a checkpoint of td3_bc.py, naive_ft.py or conservative_ft.py")
+    if dataset_id and dataset_id != ckpt["dataset_id"]:
+        raise SystemExit(f"error: the requested dataset {dataset_id} (--env/--dataset-id) differs from the "
+                         f"checkpoint's dataset {ckpt['dataset_id']}")
+    return ckpt
+
+
+def weights_sha256(ckpt: dict) -> str:
+    """sha256 of the network tensors in a fixed order: equal hashes, bit-identical weights (as report.py --hash)."""
+    h = hashlib.sha256()
+    for net in ("actor", "critic", "actor_target", "critic_target"):
+        for key in sorted(ckpt[net]):
+            h.update(f"{net}/{key}".encode())
+            h.update(ckpt[net][key].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def evaluate(actor, envs: list, obs_mean, obs_std, seed: int, device) -> np.ndarray:
-    """Undiscounted returns of the deterministic actor, one episode per env, all run side by side with one batched
-    actor call per step; episode i is reset with a seed derived from (seed, i) only, so the same weights always
-    get the same score."""
+    """Undiscounted returns of the deterministic actor, one episode per env, side by side (one batched actor call a
+    step); episode i is reset with a seed from (seed, i) only, so the same weights always get the same score."""
     obs = np.stack([env.reset(seed=int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))[0]
                     for i, env in enumerate(envs)])
     returns, done = np.zeros(len(envs)), np.zeros(len(envs), dtype=bool)
@@ -418,143 +874,11 @@ def collapse_summary(evals: list[tuple[int, float]], window: int) -> dict:
             "recovery_steps": recovery, "final_score": evals[-1][1], "final_step": evals[-1][0]}
 
 
-CHECKPOINT_FORMAT = 2  # 1 (no "format" key): written before --resume existed; loads with --checkpoint, not --resume
-
-
-def atomic_save(path: Path, obj) -> None:
-    """Write a temporary file, flush it to disk, then rename it: a kill leaves the old file or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(obj.encode()) if isinstance(obj, str) else torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str, dataset_id: str | None, ensembles: bool = False) -> dict:
-    """A checkpoint of these scripts, checked against an explicitly requested dataset id (None: any); one of
-    balanced_replay.py's ensembles only when `ensembles` (a --resume)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # only load checkpoints you trust
-    except Exception as e:
-        raise SystemExit(f"error: cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
-    if not isinstance(ckpt, dict) or not {"actor", "critic", "dataset_id", "obs_shape"} <= ckpt.keys():
-        raise SystemExit(f"error: {path} is not a checkpoint written by these scripts")
-    if ckpt.get("ensemble_size") and not ensembles:
-        raise SystemExit(f"error: {path} holds an ensemble of {ckpt['ensemble_size']} agents (balanced_replay.py); "
-                         f"start from one agent: a checkpoint of td3_bc.py, naive_ft.py or conservative_ft.py")
-    if dataset_id and dataset_id != ckpt["dataset_id"]:
-        raise SystemExit(f"error: the requested dataset {dataset_id} (--env/--dataset-id) differs from the "
-                         f"checkpoint's dataset {ckpt['dataset_id']}")
-    return ckpt
-
-
-def weights_sha256(ckpt: dict) -> str:
-    """sha256 over the network tensors (actor, critics, targets) in a fixed order: equal hashes mean bit-identical
-    weights (`scripts/report.py --hash CHECKPOINT` prints the same)."""
-    h = hashlib.sha256()
-    for net in ("actor", "critic", "actor_target", "critic_target"):
-        for key in sorted(ckpt[net]):
-            h.update(f"{net}/{key}".encode())
-            h.update(ckpt[net][key].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def load_run(run_dir: str, script: str) -> tuple[dict, dict | None]:
-    """What --resume continues: the run's args.json (all of it) and its last checkpoint (None: killed before the
-    first one)."""
-    try:
-        saved = json.loads((Path(run_dir) / "args.json").read_text())
-    except OSError:
-        raise SystemExit(f"error: --resume {run_dir}: no run there (no args.json)") from None
-    except ValueError:
-        raise SystemExit(f"error: --resume {run_dir}: its args.json is not valid JSON (truncated?)") from None
-    made_by = saved.get("algorithm") if isinstance(saved, dict) else None
-    if made_by is None:
-        raise SystemExit(f"error: --resume {run_dir}: not a resumable run (written by an older version of these "
-                         f"scripts, or by another program); continue its weights with --checkpoint instead")
-    if made_by != script:
-        raise SystemExit(f"error: --resume {run_dir}: that run was made by {made_by}.py; resume it with {made_by}.py")
-    if not (Path(run_dir) / "checkpoint.pt").exists():
-        return saved, None
-    state = load_checkpoint(str(Path(run_dir) / "checkpoint.pt"), None, ensembles=True)
-    if state.get("format") != CHECKPOINT_FORMAT or state.get("algorithm") != script:
-        raise SystemExit(f"error: --resume {run_dir}: its checkpoint is format {state.get('format', 1)} of "
-                         f"{state.get('algorithm')}, this script resumes format {CHECKPOINT_FORMAT} of {script}")
-    return saved, state
-
-
-def resume_args(cli, saved: dict, description: str):
-    """The resumed run's Args, from its args.json; a flag given with --resume must agree with it."""
-    try:
-        base = dataclasses.replace(type(cli)(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}),
-                                   resume=cli.resume)
-    except TypeError as e:
-        raise SystemExit(f"error: --resume {cli.resume}: its args.json does not fit this script's flags ({e})") from None
-    merged = tyro.cli(type(cli), default=base, description=description)
-    for f in dataclasses.fields(merged):
-        if getattr(merged, f.name) != getattr(base, f.name):
-            raise SystemExit(f"error: --{f.name.replace('_', '-')} {getattr(merged, f.name)} contradicts the resumed "
-                             f"run's args.json ({getattr(base, f.name)}); --resume continues a run as it was started")
-    return merged
-
-
-def reopen(path: Path, size: int | None, header: list[str]):
-    """A run file to append CSV rows to: new (size None), or cut back to the size its checkpoint recorded."""
-    if size is None:
-        f = open(path, "w", newline="")
-        csv.writer(f).writerow(header)
-        return f
-    if not path.exists() or path.stat().st_size < size:
-        raise SystemExit(f"error: {path} is shorter than its checkpoint records: the run directory is incomplete")
-    os.truncate(path, size)  # drop rows written after the checkpoint
-    return open(path, "a", newline="")
-
-
-def save_online_rows(path: Path, replay, n_off: int, capacity: int, first: int, n_on: int) -> None:
-    """Append online transitions first..n_on-1 to the run's append-only row file (transition k lives in replay row
-    n_off + k % capacity; ones a ring already overwrote are written as zeros: a resume never reads them)."""
-    rows = torch.zeros(n_on - first, replay.shape[1])
-    lo = max(first, n_on - capacity)
-    rows[lo - first:] = replay[n_off + torch.arange(lo, n_on, device=replay.device) % capacity].cpu()
-    with open(path, "ab") as f:
-        f.write(rows.numpy().tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def load_online_rows(path: Path, replay, n_off: int, capacity: int, n_on: int) -> np.ndarray:
-    """Put the first n_on transitions of the row file back into the replay table, dropping any rows after them."""
-    size = n_on * replay.shape[1] * 4
-    if not path.exists() or path.stat().st_size < size:
-        raise SystemExit(f"error: {path} holds fewer than the {n_on} online rows its checkpoint records: the run "
-                         f"directory is incomplete")
-    os.truncate(path, size)
-    rows = np.fromfile(path, dtype=np.float32).reshape(n_on, replay.shape[1])
-    lo = max(0, n_on - capacity)
-    replay[n_off + torch.arange(lo, n_on, device=replay.device) % capacity] = torch.from_numpy(rows[lo:]).to(replay.device)
-    return rows
-
-
-def replay_episode(env, seed: int, reset_state: dict | None, actions: np.ndarray) -> np.ndarray:
-    """The online env mid-episode, rebuilt exactly: reset it as the episode was reset (the first with --seed, later
-    ones from the env's RNG state just before their reset), then step through the episode's actions. Any env whose
-    dynamics are deterministic given its RNG comes back, including state outside the simulator (MuJoCo's warm-start
-    accelerations, targets drawn at reset, the time limit's step count). Returns the last observation."""
-    obs, _ = env.reset(seed=seed)
-    if reset_state is not None:
-        env.unwrapped.np_random.bit_generator.state = reset_state
-        obs, _ = env.reset()
-    for a in actions:
-        obs, *_ = env.step(a)
-    return obs
-
-
 def run_metadata(device: torch.device) -> dict:
-    here = os.path.dirname(os.path.abspath(__file__))
     def git(*cmd):
         try:
-            return subprocess.run(["git", "-C", here, *cmd], capture_output=True, text=True, check=True).stdout.strip()
+            return subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), *cmd], capture_output=True,
+                                  text=True, check=True).stdout.strip()
         except (OSError, subprocess.CalledProcessError):
             return None
     return {"git_commit": git("rev-parse", "HEAD"),  # dirty: a tracked file differs (benchmarks/ run files aside)
@@ -569,380 +893,15 @@ def run_metadata(device: torch.device) -> dict:
 def cpu_name() -> str:
     """The CPU model and the kernels torch picks for it: bit-identical results need the same code paths, not only the
     same seed and threads (math libraries choose them, and so their rounding, by CPU; MKL by vendor: README)."""
-    try:  # the first processor's block of /proc/cpuinfo (Linux)
-        info = dict(map(str.strip, line.split(":", 1)) for line in
-                    Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines() if ":" in line)
-    except OSError:
-        info = {}
+    cpuinfo = Path("/proc/cpuinfo")  # the first processor's block (Linux)
+    info = dict(map(str.strip, line.split(":", 1)) for line in (cpuinfo.read_text().split("\n\n")[0].splitlines()
+                                                                 if cpuinfo.exists() else []) if ":" in line)
     isa = [f for f in ("avx2", "avx512f", "avx512_fp16", "amx_tile") if f in info.get("flags", "").split()]
     return (f"{info.get('vendor_id', '')} {info.get('model name') or platform.processor() or platform.machine()} "
-            f"(family {info.get('cpu family', '?')} model {info.get('model', '?')} stepping {info.get('stepping', '?')}; "
-            f"{' '.join(isa) or 'no avx2'}; torch kernels {torch.backends.cpu.get_cpu_capability()})").strip()
-
-
-def validate(args: Args) -> None:
-    for name in ("offline_steps", "online_steps", "expl_noise"):
-        if getattr(args, name) is not None and getattr(args, name) < 0:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    for name in ("batch_size", "eval_every", "eval_episodes", "log_every", "policy_freq", "hidden", "collapse_window"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    for name in ("ensemble_size", "online_capacity", "temperature", "warmup_online_steps", "ratio_batch_size", "ratio_lr"):
-        if getattr(args, name) <= 0:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    if args.warmup_updates < 0:
-        raise SystemExit(f"error: --warmup-updates must be >= 0, got {args.warmup_updates}")
-    if not 0.0 < args.init_online_fraction < 1.0:
-        raise SystemExit(f"error: --init-online-fraction must be in (0, 1), got {args.init_online_fraction}")
-    if 0 < args.online_steps < args.warmup_online_steps:
-        raise SystemExit(f"error: --online-steps {args.online_steps} is less than --warmup-online-steps "
-                         f"{args.warmup_online_steps}: no update would ever run")
-    if args.threads < 0:
-        raise SystemExit(f"error: --threads must be >= 0, got {args.threads}")
-    if args.device not in ("auto", "cpu", "cuda"):
-        raise SystemExit(f"error: --device must be auto, cpu or cuda, got {args.device!r}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda, but torch sees no CUDA device")
-    if len(args.checkpoint) > args.ensemble_size:
-        raise SystemExit(f"error: {len(args.checkpoint)} --checkpoint for an ensemble of --ensemble-size "
-                         f"{args.ensemble_size}: one checkpoint per member at most")
-    for path in () if args.resume else args.checkpoint:
-        if not os.path.isfile(path):
-            raise SystemExit(f"error: checkpoint {path} does not exist")
+            f"(family {info.get('cpu family', '?')} model {info.get('model', '?')} stepping "
+            f"{info.get('stepping', '?')}; {' '.join(isa) or 'no avx2'}; torch kernels "
+            f"{torch.backends.cpu.get_cpu_capability()})").strip()
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args, description=__doc__.split("\n\n")[0])
-    script = Path(__file__).stem
-    saved, state = load_run(args.resume, script) if args.resume else (None, None)  # state: the run's last checkpoint
-    args = resume_args(args, saved["args"], __doc__.split("\n\n")[0]) if args.resume else args
-    validate(args)
-    requested = resolve_dataset_id(args.env, args.dataset_id) if args.env or args.dataset_id else None
-    agents = [] if state else [load_checkpoint(p, requested) for p in args.checkpoint]  # members 0, 1, ... from files
-    ckpt = state or (agents[0] if agents else None)
-    for path, agent in zip(args.checkpoint[1:], agents[1:]):
-        if (agent["dataset_id"], agent["args"]["hidden"]) != (ckpt["dataset_id"], ckpt["args"]["hidden"]):
-            raise SystemExit(f"error: --checkpoint {path} ({agent['dataset_id']}, --hidden {agent['args']['hidden']}) "
-                             f"does not fit --checkpoint {args.checkpoint[0]} ({ckpt['dataset_id']}, --hidden "
-                             f"{ckpt['args']['hidden']}): an ensemble's members share one dataset and one width")
-    if state and "ensemble_size" not in state:
-        raise SystemExit(f"error: --resume {args.resume}: its checkpoint was written before balanced_replay.py had the "
-                         f"Q-ensemble; continue its weights with --checkpoint instead")
-    n_pre = args.ensemble_size - len(args.checkpoint)  # members pretrained here, after the loaded ones
-    dataset_id = ckpt["dataset_id"] if ckpt else requested or resolve_dataset_id("hopper", None)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    run_name = args.run_name or f"{dataset_id.replace('/', '-')}__{script}__{args.seed}__{int(time.time())}"
-    run_dir = Path(args.resume) if args.resume else Path(args.runs_dir) / run_name
-    if run_dir.exists() and not args.resume:
-        raise SystemExit(f"error: run directory {run_dir} already exists; choose another --run-name or --runs-dir, "
-                         f"or continue it with --resume {run_dir}")
-    args = dataclasses.replace(args, dataset_id=dataset_id, run_name=run_name, device=str(device),
-                               offline_steps=0 if not n_pre else 1_000_000 if args.offline_steps is None else args.offline_steps,
-                               hidden=ckpt["args"]["hidden"] if ckpt else args.hidden)
-    if n_pre and not args.offline_steps:
-        raise SystemExit(f"error: {n_pre} of the {args.ensemble_size} ensemble members have no --checkpoint, and "
-                         f"--offline-steps 0 would finetune them untrained")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-
-    # ------------------------------------------------------------------ data: on the device, states normalized
-    data = load_dataset(dataset_id)
-    obs_space, act_space = data.dataset.observation_space, data.dataset.action_space
-    env_spec = data.dataset.spec.env_spec.to_json()
-    if ckpt and (tuple(ckpt["obs_shape"]) != obs_space.shape or tuple(ckpt["act_shape"]) != act_space.shape
-                 or json.loads(ckpt["env_spec"])["id"] != json.loads(env_spec)["id"]):
-        raise SystemExit(f"error: checkpoint {args.checkpoint[0] if agents else run_dir} was made for "
-                         f"{json.loads(ckpt['env_spec'])['id']} with "
-                         f"observations {tuple(ckpt['obs_shape'])} and actions {tuple(ckpt['act_shape'])}, but dataset "
-                         f"{dataset_id} is {data.dataset.spec.env_spec.id} with {obs_space.shape} and {act_space.shape}")
-    if not np.allclose(act_space.low, -act_space.high):
-        raise SystemExit(f"error: TD3 needs a symmetric action space, dataset has {act_space}")
-    obs_mean, obs_std = (ckpt["obs_mean"], ckpt["obs_std"]) if ckpt else data.obs_mean_std()
-    obs_dim, act_dim = data.obs.shape[1], data.actions.shape[1]
-    to_dev = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device)  # noqa: E731
-    # replay table, one row per transition [s | a | r | s' | terminated] so a batch is one gather:
-    # the n_off offline rows first, then room for every online transition
-    split = [obs_dim, act_dim, 1, obs_dim, 1]
-    n_off, n_on = data.obs.shape[0], 0
-    capacity = min(args.online_steps, args.online_capacity)  # online rows: a ring of this many
-    replay = torch.empty(n_off + capacity, sum(split), device=device)
-    replay[:n_off] = torch.cat([to_dev((data.obs - obs_mean) / obs_std), to_dev(data.actions),
-                                to_dev(data.rewards[:, None]), to_dev((data.next_obs - obs_mean) / obs_std),
-                                to_dev(data.terminated[:, None])], 1)
-    eval_envs, env = [make_eval_env(data.dataset) for _ in range(args.eval_episodes)], make_env(data.dataset)
-
-    tree = SumTree(n_off + capacity, device)  # priorities of every replay row; offline rows start at 1
-    tree.update(torch.arange(n_off, device=device), torch.ones(n_off, device=device))
-    max_priority = torch.tensor(initial_max_priority(n_off, args.init_online_fraction, args.warmup_online_steps),
-                                dtype=torch.float64, device=device)
-
-    # ------------------------------------------------------------------ networks and optimizers
-    max_action = to_dev(act_space.high)
-    NETS = ("actor", "critic", "actor_target", "critic_target", "actor_opt", "critic_opt")
-
-    def networks(n: int, saved: dict | None = None) -> tuple:
-        """An ensemble of n agents: actors, 2n critics (agent i's twins are critics i and n + i), target copies, one
-        fused Adam each for all actors and for all critics (same math as n separate Adams); loaded from `saved`."""
-        actor = EnsembleActor(obs_dim, act_dim, max_action, args.hidden, n).to(device)
-        critic = Critic(obs_dim, act_dim, args.hidden, 2 * n).to(device)
-        nets = (actor, critic, copy.deepcopy(actor).requires_grad_(False), copy.deepcopy(critic).requires_grad_(False),
-                torch.optim.Adam(actor.parameters(), lr=args.lr, fused=True),
-                torch.optim.Adam(critic.parameters(), lr=args.lr, fused=True))
-        for name, obj in zip(NETS, nets):
-            if saved and saved[name] is not None:
-                obj.load_state_dict(saved[name])
-            elif saved:  # stack_members: a member never trained
-                print(f"note: a member has no {name} state (it never trained): the ensemble's {name} starts fresh")
-        return nets
-
-    # members 0..k-1 come from --checkpoint, k..N-1 are pretrained here (an ensemble of their own in the offline
-    # phase); at the handoff all N become one ensemble
-    members = state["members"] if state else [agent_part(agent) for agent in agents]
-    if state:
-        nets = networks(args.ensemble_size if state["phase"] == "online" else n_pre, state)
-    else:
-        nets = networks(n_pre) if n_pre else networks(args.ensemble_size, stack_members(members))
-    actor, critic, actor_target, critic_target, actor_opt, critic_opt = nets
-    pretrained_actor = None  # pi_0: frozen copy of the ensemble's actors when the online phase starts
-    if state and state["pretrained_actor"] is not None:
-        pretrained_actor = copy.deepcopy(actor).requires_grad_(False)
-        pretrained_actor.load_state_dict(state["pretrained_actor"])
-    weight_net = DensityRatio(obs_dim, act_dim, args.hidden).to(device)
-    weight_opt = torch.optim.Adam(weight_net.parameters(), lr=args.ratio_lr, fused=True)
-    if state:
-        weight_net.load_state_dict(state["weight_net"])
-        weight_opt.load_state_dict(state["weight_opt"])
-
-    # ------------------------------------------------------------------ outputs
-    run_dir.mkdir(parents=True, exist_ok=bool(args.resume))
-    run_info = saved if args.resume else \
-        {"algorithm": script, "args": dataclasses.asdict(args), "meta": run_metadata(device), "resumes": [],
-         "checkpoint_sha256": weights_sha256(ckpt) if ckpt else None,  # the agent a --checkpoint run starts from
-         "members_sha256": [weights_sha256(agent) for agent in agents]}  # every member from --checkpoint
-    if args.resume:  # the run's args stay as they were; each resume adds when, where from, with which code
-        run_info["resumes"].append({"from": f"{state['phase']} step {state['step']}" if state else "the start",
-                                    "meta": run_metadata(device)})
-    atomic_save(run_dir / "args.json", json.dumps(run_info, indent=2))
-    columns = ["phase", "step", "critic_loss", "actor_loss", "reg_loss", "q_mean", "lmbda", "pi_dist",
-               "q_pi_offline", "q_pi_online", "q_std", "w_offline", "w_online",
-               "online_share", "ratio_loss", "updates", "train_return", "eval_return", "eval_return_std", "eval_score",
-               "updates_per_s", "elapsed_s"]
-    sizes = state["run"]["files"] if state else {}
-    metrics_file = reopen(run_dir / "metrics.csv", sizes.get("metrics.csv"), columns)
-    metrics = csv.DictWriter(metrics_file, fieldnames=columns)
-    episodes_file = reopen(run_dir / "episodes.csv", sizes.get("episodes.csv"), ["step", "return", "length", "score"])
-    episodes = csv.writer(episodes_file)
-    rows_file, rows_saved = run_dir / "online_rows.f32", 0  # online transitions, appended at each checkpoint
-    if not state:
-        rows_file.unlink(missing_ok=True)
-    print(f"{script} on {dataset_id}: {n_off} offline transitions, device {device}, {torch.get_num_threads()} "
-          f"threads, run dir {run_dir}", flush=True)
-    print(f"ensemble of {args.ensemble_size}: {len(args.checkpoint)} from --checkpoint, {n_pre} pretrained here" +
-          (f" ({args.offline_steps} steps each)" if n_pre else " (no offline phase)"), flush=True)
-    if not has_reference_scores(data.dataset):
-        print(f"note: {dataset_id} has no reference scores: every score here (progress, eval_score, episodes.csv, "
-              f"summary.json) is a raw return", flush=True)
-
-    def checkpoint(phase: str, step: int) -> None:
-        """Everything the rest of the run depends on, written after the metrics row of this step."""
-        global rows_saved, last_checkpoint
-        metrics_file.flush()
-        episodes_file.flush()
-        if phase == "online":
-            save_online_rows(rows_file, replay, n_off, capacity, rows_saved, n_on)
-            rows_saved = n_on
-        atomic_save(run_dir / "checkpoint.pt", {
-            "format": CHECKPOINT_FORMAT, "algorithm": script, "phase": phase, "step": step,
-            "args": dataclasses.asdict(args), "dataset_id": dataset_id, "env_spec": env_spec,
-            "obs_shape": tuple(obs_space.shape), "act_shape": tuple(act_space.shape), "obs_mean": obs_mean,
-            "obs_std": obs_std, "actor": actor.state_dict(), "critic": critic.state_dict(),
-            "actor_target": actor_target.state_dict(), "critic_target": critic_target.state_dict(),
-            "actor_opt": actor_opt.state_dict(), "critic_opt": critic_opt.state_dict(),
-            "pretrained_actor": pretrained_actor.state_dict() if pretrained_actor else None,
-            "weight_net": weight_net.state_dict(), "weight_opt": weight_opt.state_dict(),
-            "ensemble_size": args.ensemble_size, "members": members,
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                    "diagnostics": diag_gen.get_state()},
-            "run": {"files": {n: (run_dir / n).stat().st_size for n in ("metrics.csv", "episodes.csv")},
-                    "evals": evals, "n_on": n_on, "elapsed_s": time.perf_counter() - start,
-                    "reset_state": reset_state, "obs": obs_t,
-                    "episode": (ep_return, ep_len, recent_returns), "tree": tree.levels,
-                    "max_priority": max_priority, "updates_done": updates_done}})
-        last_checkpoint = f"{phase} step {step}"
-
-    sums, counts, evals, last_checkpoint = {}, {}, [], None
-    obs_t, ep_return, ep_len, recent_returns = None, 0.0, 0, []  # online: normalized s on the device, episode so far
-    reset_state = None  # the env RNG state before the current episode's reset (None: the first, seeded reset)
-    updates_done = 0  # online updates so far (the warm-up burst included)
-    diag_gen = torch.Generator(device=device).manual_seed(args.seed)  # diagnostics never touch the training RNG
-    off_done, on_done = 0, None  # steps already done in each phase (None: the online phase has not begun)
-    if state:  # --resume: the rest of the state the checkpoint holds; the RNGs last, right before the loop
-        run, phase, last_checkpoint = state["run"], state["phase"], f"{state['phase']} step {state['step']}"
-        off_done = state["step"] if phase == "offline" else args.offline_steps
-        evals, n_on, rows_saved = run["evals"], run["n_on"], run["n_on"]
-        tree.levels, max_priority, updates_done = [x.to(device) for x in run["tree"]], run["max_priority"].to(device), \
-            run["updates_done"]
-        if phase == "online":
-            on_done, obs_t, (ep_return, ep_len, recent_returns) = state["step"], run["obs"].to(device), run["episode"]
-            rows, reset_state = load_online_rows(rows_file, replay, n_off, capacity, n_on), run["reset_state"]
-            obs = replay_episode(env, args.seed, reset_state, rows[n_on - ep_len:, obs_dim:obs_dim + act_dim])
-            if not torch.equal(to_dev((obs - obs_mean) / obs_std), obs_t):  # exactness check of the replayed episode
-                raise SystemExit(f"error: --resume {run_dir}: replaying the current episode did not reproduce the "
-                                 f"checkpointed observation (is the env deterministic?); cannot resume exactly")
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        diag_gen.set_state(state["rng"]["diagnostics"])
-        print(f"resuming from the checkpoint at {last_checkpoint}", flush=True)
-    start = time.perf_counter() - (state["run"]["elapsed_s"] if state else 0.0)
-    t_last = phase_start = time.perf_counter()
-    row_from, phase_from = 1, 0  # first step of the current metrics row's window; step at which this process began the phase
-
-    def accumulate(info: dict) -> None:
-        """Running sums of update info, on the device until a metrics row is written."""
-        for k, v in info.items():
-            sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
-
-    def nan_guard(phase: str, step: int, action=None) -> None:
-        """Stop with one line if a loss of the current metrics window, or the action about to be taken, is not
-        finite. A NaN/inf loss poisons its window's device sum, which the host reads only at metrics rows."""
-        bad = [k for k in sums if not math.isfinite(float(sums[k]))] + \
-            (["action"] if action is not None and not np.isfinite(action).all() else [])
-        if bad:
-            raise SystemExit(f"error: non-finite {', '.join(bad)} in {phase} steps {row_from}-{step}: stopped; "
-                             + (f"the last checkpoint ({last_checkpoint}) is untouched, continue it with --resume "
-                                f"{run_dir}" if last_checkpoint else "no checkpoint was written yet"))
-
-    def log(phase: str, step: int, last: int, info: dict | None, extra: dict | None = None) -> None:
-        """Accumulate update info; every --log-every steps (and at evaluations) write a row."""
-        global sums, counts, t_last, row_from
-        accumulate(info or {})
-        is_eval = step % args.eval_every == 0 or step == last
-        if step % args.log_every and not is_eval:
-            return
-        row = {k: float(sums[k]) / counts[k] for k in sums}  # the host reads the device sums here only
-        row.update(phase=phase, step=step, **(extra or {}))
-        if counts:
-            row["updates_per_s"] = counts["critic_loss"] / (time.perf_counter() - t_last)
-        if not all(math.isfinite(row[k]) for k in sums):  # the bad row is logged, then the guard stops the run
-            metrics.writerow(row)
-            metrics_file.flush()
-            nan_guard(phase, step)
-        sums, counts, row_from = {}, {}, step + 1
-        if is_eval:
-            returns = evaluate(actor, eval_envs, obs_mean, obs_std, args.seed, device)
-            row.update(eval_return=returns.mean(), eval_return_std=returns.std(),
-                       eval_score=float(normalized_score(data.dataset, returns).mean()))
-            if phase == "online":
-                evals.append((step, row["eval_score"]))
-        row["elapsed_s"] = time.perf_counter() - start
-        metrics.writerow(row)
-        if is_eval:
-            checkpoint(phase, step)  # holds exactly the weights that were just evaluated
-        score = f"score {row['eval_score']:6.1f} | " if is_eval else ""
-        speed = f"{row['updates_per_s']:6.0f} upd/s | " if "updates_per_s" in row else ""
-        eta = f"ETA {(time.perf_counter() - phase_start) / (step - phase_from) * (last - step) / 60:5.1f} min" \
-            if step > phase_from else ""
-        print(f"{phase:>7} step {step:>8}/{last} | {score}{speed}{eta}", flush=True)
-        t_last = time.perf_counter()
-
-    # ------------------------------------------------------------------ offline phase: TD3+BC on the dataset
-    phase_from, row_from = off_done, off_done + 1
-    for step in range(off_done + 1, args.offline_steps + 1):  # the members without --checkpoint, side by side
-        idx = torch.randint(n_off, (actor.n, args.batch_size), device=device)  # uniform, each member its own batch
-        info = update(step, replay[idx].split(split, dim=-1), actor, actor_target, critic, critic_target, actor_opt,
-                      critic_opt, args, offline=True)
-        log("offline", step, args.offline_steps, info)
-    if args.offline_steps == 0 and args.online_steps == 0 and not state:  # nothing to train: evaluate as they are
-        log("offline", 0, 0, None)
-
-    # ------------------------------------------------------------------ online phase: act, store, update
-    if args.online_steps > 0:
-        if on_done is None:  # the handoff: one ensemble, pi_0, the first reset, the step-0 evaluation (and checkpoint)
-            if actor.n < args.ensemble_size:  # the members from --checkpoint, then those pretrained here
-                trained = {"n": actor.n, **{name: obj.state_dict() for name, obj in zip(NETS, nets)}}
-                nets = networks(args.ensemble_size, stack_members(members + [trained]))
-                actor, critic, actor_target, critic_target, actor_opt, critic_opt = nets
-            pretrained_actor = copy.deepcopy(actor).requires_grad_(False)
-            if args.reset_optimizers:  # fresh Adam moments for the online phase
-                actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, fused=True)
-                critic_opt = torch.optim.Adam(critic.parameters(), lr=args.lr, fused=True)
-            obs, _ = env.reset(seed=args.seed)
-            obs_t = to_dev((obs - obs_mean) / obs_std)  # the normalized observation, uploaded once per step
-            log("online", 0, args.online_steps, None)  # step 0: the pretrained policy before any online update
-        phase_start, phase_from, row_from = time.perf_counter(), on_done or 0, (on_done or 0) + 1
-        for step in range((on_done or 0) + 1, args.online_steps + 1):
-            with torch.no_grad():  # a = clip(pi(s) + N(0, (sigma * max_action)^2))
-                a = actor(obs_t)
-                a = (a + torch.randn_like(a) * args.expl_noise * max_action).clamp(-max_action, max_action)
-            action = a.cpu().numpy()
-            if not np.isfinite(action).all():  # non-finite weights: stop before the env sees the action
-                nan_guard("online", step, action)
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            # a truncated step is stored as non-terminal; it enters the tree at the running maximum priority
-            row = n_off + n_on % capacity
-            # [r | normalized s' | terminated] in one upload; s' is then reused as the next step's s
-            r_s2_term = to_dev(np.concatenate([[reward], (next_obs - obs_mean) / obs_std, [terminated]]))
-            next_t = r_s2_term[1:-1]
-            replay[row] = torch.cat([obs_t, a, r_s2_term])
-            tree.update(torch.tensor([row], device=device), max_priority[None])
-            n_on += 1
-            ep_return, ep_len, obs_t = ep_return + float(reward), ep_len + 1, next_t
-            if terminated or truncated:
-                score = float(normalized_score(data.dataset, ep_return))
-                episodes.writerow([step, ep_return, ep_len, score])
-                recent_returns.append(ep_return)
-                reset_state = env.unwrapped.np_random.bit_generator.state  # how this episode starts (for --resume)
-                obs, _ = env.reset()
-                obs_t = to_dev((obs - obs_mean) / obs_std)
-                ep_return, ep_len = 0.0, 0
-            # no update before the warm-up transitions are in; then the warm-up burst; then one per step
-            n_updates = 0 if step < args.warmup_online_steps else \
-                args.warmup_updates if step == args.warmup_online_steps else 1
-            info = None
-            for _ in range(n_updates):
-                if info is not None:
-                    accumulate(info)
-                updates_done += 1
-                idx = tree.sample(args.batch_size)  # proportional to priority, stratified
-                batch = replay[idx].split(split, dim=1)
-                info = update(updates_done, batch, actor, actor_target, critic, critic_target, actor_opt,
-                              critic_opt, args, offline=False)
-                off = replay[torch.randint(n_off, (args.ratio_batch_size,), device=device)].split(split, dim=1)
-                on = replay[n_off + torch.randint(min(n_on, capacity), (args.ratio_batch_size,), device=device)]
-                priority, stats = update_ratio_and_priorities(weight_net, weight_opt, tree, idx, batch, off,
-                                                              on.split(split, dim=1), args)
-                max_priority = torch.maximum(max_priority, priority.max().to(torch.float64))
-                info.update(stats, online_share=(idx >= n_off).float().mean())
-            extra = None
-            if step % args.log_every == 0 or step % args.eval_every == 0 or step == args.online_steps:
-                with torch.no_grad():  # collapse diagnostics on fresh offline and online states
-                    s_off = replay[torch.randint(n_off, (1024,), device=device, generator=diag_gen), :obs_dim]
-                    s_on = replay[n_off + torch.randint(min(n_on, capacity), (1024,), device=device,
-                                                        generator=diag_gen), :obs_dim]
-                    s = torch.cat([s_off, s_on])
-                    pi = actor(s)  # the ensemble's action
-                    q_pi = critic(s, pi).view(2, actor.n, -1).min(0).values  # min(Q_i1, Q_i2)(s, a(s)), (N, 2048)
-                    extra = {"pi_dist": float((pi - pretrained_actor(s)).norm(dim=-1).mean()),
-                             "q_pi_offline": float(q_pi[:, :1024].mean()), "q_pi_online": float(q_pi[:, 1024:].mean()),
-                             "q_std": float(q_pi.std(0, correction=0).mean()),  # disagreement over members
-                             "train_return": float(np.mean(recent_returns)) if recent_returns else None,
-                             "updates": updates_done}
-                episodes_file.flush()
-                recent_returns = []
-            log("online", step, args.online_steps, info, extra)
-
-        summary = {**collapse_summary(evals, args.collapse_window),
-                   "score": "normalized" if has_reference_scores(data.dataset) else "raw return"}
-        atomic_save(run_dir / "summary.json", json.dumps(summary, indent=2))
-        print("summary: " + " | ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
-    metrics_file.close()
-    episodes_file.close()
-    print(f"done in {(time.perf_counter() - start) / 60:.1f} min; checkpoint {run_dir / 'checkpoint.pt'}")
+    train(tyro.cli(Args, description=__doc__.split("\n\n")[0]))

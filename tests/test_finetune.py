@@ -30,7 +30,7 @@ def finetuned(pretrained):
 def test_online_run_outputs(finetuned, script):
     run = finetuned / f"{script[:-3]}_a"
     assert sorted(p.name for p in run.iterdir()) == ["args.json", "checkpoint.pt", "episodes.csv", "metrics.csv",
-                                                     "online_rows.f32", "summary.json"]
+                                                     "summary.json"]
     rows = read_metrics(run / "metrics.csv")
     assert all(r["phase"] == "online" for r in rows)  # a checkpoint means no offline steps by default
     assert [int(r["step"]) for r in rows] == [0, 50, 100, 150, 200]
