@@ -171,3 +171,30 @@ def test_sweep_block_window_of_short_runs_and_segments(tmp_path):
     lines = report.segments_block(report.sweep_runs(ds), 25000, parts=2).splitlines()
     assert lines[0] == "| method | (0k, 12.5k] | (12.5k, 25k] |"
     assert lines[2:] == ["| conservative_ft | 1.5 | 4.0 |"]  # mean(1, 2) over (0, 12.5k]; mean(3, 4, 5) after
+
+
+def test_sweep_readme_holds_each_datasets_detail(tmp_path):
+    """report.py DIR writes DIR/README.md: the grid's command, then per dataset its table, per-seed values, agents,
+    diagnostics, segments and the curves' link; a dataset without finished runs says so."""
+    sweep = tmp_path / "demo"
+    ds = sweep / "standin-hopper-medium-v0"
+    cols = "phase,step,critic_loss,eval_score,elapsed_s,pi_dist,q_pi_offline,q_pi_online\n"
+    for seed in (0, 1):
+        run = ds / f"seed{seed}" / "naive_ft"
+        run.mkdir(parents=True)
+        (run / "metrics.csv").write_text(cols + "online,0,,50.0,1,,,\n" + f"online,5,0.1,{20.0 + seed},1,0.5,10,20\n"
+                                         + f"online,10,0.1,{40.0 + seed},1,0.7,30,40\n")
+        (run / "summary.json").write_text(json.dumps({"min_score_in_window": 20.0, "collapse_window": 10,
+                                                      "final_step": 10, "recovery_steps": None, "step0_score": 50.0,
+                                                      "dip": 30.0 - seed, "final_score": 40.0 + seed}))
+    write_run(sweep / "standin-hopper-random-v0" / "seed0" / "naive_ft", [("online", 0, "", 5.0, 1)])  # unfinished
+    (sweep / "sweep.json").write_text(json.dumps({"command": "python scripts/sweep.py --out demo",
+                                                  "online_steps": 10, "eval_every": 5}))
+    text = report.sweep_readme(sweep, [ds, sweep / "standin-hopper-random-v0"], (5, 10))
+    assert text.startswith("# Sweep `demo`") and "```bash\npython scripts/sweep.py --out demo\n```" in text
+    hopper, random = text.split("## `standin/hopper/medium-v0`")[1].split("## `standin/hopper/random-v0`")
+    assert "| naive TD3 finetuning | 2 | 50.0 ± 0.0 |" in hopper and "| naive TD3 finetuning | 0.50 | 0.70 | 10 / 20 | 30 / 40 |" in hopper
+    assert "| naive TD3 finetuning | – | – | 20.5 | – | 40.5 |" in hopper  # fifths of 10 steps: evaluations at 5, 10
+    assert "../../sweep_demo_standin-hopper-medium-v0.png" in hopper
+    assert "No finetuning run of this dataset has finished yet." in random
+    assert all(len(line) <= 120 for line in text.splitlines() if not line.startswith(("|", "python", "Made by", "Agents")))
