@@ -73,7 +73,7 @@ class Args:
     beta_decay_steps: int = 100_000
     """online steps over which beta_t decays linearly from --beta-start to --beta-end (0: --beta-end at once)"""
     anchor_tau: float = 0.0
-    """the trust region's centre pi_ref: 0 keeps the frozen pi_0; tau_ref > 0 lets it follow the policy (see above)"""
+    """the trust region's centre: 0 keeps the frozen pi_0; tau > 0 moves it, pi_ref <- pi_ref + tau (pi - pi_ref)"""
     expl_noise: float = 0.1
     """std of the Gaussian exploration noise added to online actions (times max action)"""
     batch_size: int = 256
