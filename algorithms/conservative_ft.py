@@ -296,7 +296,7 @@ def train(args: Args) -> None:
               checkpoint_sha256=weights_sha256(ckpt) if ckpt else None)  # the agent a --checkpoint run starts from
 
     def checkpoint(phase: str, step: int) -> dict:
-        """Everything the rest of the run depends on (Run.save adds the run files' sizes and the evaluations)."""
+        """Everything the rest of the run depends on (Run.write adds the run files' sizes and the evaluations)."""
         return {"args": dataclasses.asdict(args), **about, "actor": actor.state_dict(), "critic": critic.state_dict(),
                 "actor_target": actor_target.state_dict(), "critic_target": critic_target.state_dict(),
                 "actor_opt": actor_opt.state_dict(), "critic_opt": critic_opt.state_dict(),
