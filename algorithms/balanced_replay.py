@@ -483,7 +483,7 @@ def train(args: Args) -> None:
                "q_pi_offline", "q_pi_online", "q_std", "w_offline", "w_online", "online_share", "ratio_loss", "updates",
                "train_return", "eval_return", "eval_return_std", "eval_score", "updates_per_s", "elapsed_s"]
     run = Run(run_dir, columns, args, script, saved, state, device, data,
-              checkpoint_sha256=weights_sha256(ckpt) if ckpt else None,  # the agent a --checkpoint run starts from
+              checkpoint_sha256=weights_sha256(ckpt) if ckpt and not state else None,  # member 0's agent (new runs)
               members_sha256=[weights_sha256(agent) for agent in agents])  # every member from --checkpoint
     print(f"ensemble of {args.ensemble_size}: {len(args.checkpoint)} from --checkpoint, {n_pre} pretrained here" +
           (f" ({args.offline_steps} steps each)" if n_pre else " (no offline phase)"), flush=True)

@@ -257,8 +257,8 @@ def train(args: Args) -> None:
     columns = ["phase", "step", "critic_loss", "actor_loss", "reg_loss", "q_mean", "lmbda", "pi_dist",
                "q_pi_offline", "q_pi_online", "train_return", "eval_return", "eval_return_std", "eval_score",
                "updates_per_s", "elapsed_s"]
-    run = Run(run_dir, columns, args, script, saved, state, device, data,
-              checkpoint_sha256=weights_sha256(ckpt) if ckpt else None)  # the agent a --checkpoint run starts from
+    run = Run(run_dir, columns, args, script, saved, state, device, data,  # args.json: the agent a new run starts from
+              checkpoint_sha256=weights_sha256(ckpt) if ckpt and not state else None)
 
     def checkpoint(phase: str, step: int) -> dict:
         """Everything the rest of the run depends on (Run.write adds the run files' sizes and the evaluations)."""
