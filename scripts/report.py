@@ -109,8 +109,8 @@ def sweep_runs(dataset_dir: Path) -> dict[str, list[Path]]:
     return dict(sorted(runs.items(), key=lambda kv: row_order(kv[0])))
 
 
-def sweep_block(dataset_dir: Path) -> str:
-    """The finetuning table of one dataset of a sweep (finished runs only), then per-seed values, then the
+def sweep_block(dataset_dir: Path, made_by: bool = True) -> str:
+    """The finetuning table of one dataset of a sweep (finished runs only), then per-seed values, then (made_by) the
     command that made it (from the sweep's sweep.json)."""
     runs = sweep_runs(dataset_dir)
     summaries = [json.loads((r / "summary.json").read_text()) for rs in runs.values() for r in rs
@@ -118,7 +118,8 @@ def sweep_block(dataset_dir: Path) -> str:
     windows = {min(s["collapse_window"], s["final_step"]) for s in summaries}  # a 25k run's window is its 25k
     rows = [finetune_row(label(name), rs) for name, rs in runs.items()]
     grid = json.loads((dataset_dir.parent / "sweep.json").read_text()) if (dataset_dir.parent / "sweep.json").exists() else {}
-    made = ["", f"Made by `{grid['command']}` (stand-in data where the id says standin)."] if grid.get("command") else []
+    made = ["", f"Made by `{grid['command']}` (stand-in data where the id says standin)."] \
+        if grid.get("command") and made_by else []
     if not any(rows):
         return "\n".join(["No finetuning run of this dataset has finished yet."] + made)
     out = finetune_header("/".join(f"{w // 1000}k" for w in sorted(windows)) or "window") + [r for r in rows if r]
@@ -280,7 +281,7 @@ def sweep_readme(sweep: Path, datasets: list[Path], at: tuple[int, ...]) -> str:
     for d in datasets:
         labelled = {label(n): rs for n, rs in sweep_runs(d).items()}
         out += ["", f"## `{d.name.replace('-', '/', 2)}`, {grid.get('online_steps', 0):,} online steps", "",
-                sweep_block(d), "", "Collapse diagnostics (mean over finished seeds):", "",
+                sweep_block(d, made_by=False), "", "Collapse diagnostics (mean over finished seeds):", "",
                 diagnostics_block(labelled, at)]
         replay = replay_block(labelled, at)
         if not replay.startswith("(no "):
