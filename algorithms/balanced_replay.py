@@ -451,7 +451,8 @@ def train(args: Args) -> None:
     to_dev = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device)  # noqa: E731
     eval_envs, env = [make_eval_env(data.dataset) for _ in range(args.eval_episodes)], make_env(data.dataset)
     tree = SumTree(n_off + capacity, device)  # priorities of every replay row; offline rows start at 1
-    tree.update(torch.arange(n_off, device=device), torch.ones(n_off, device=device))
+    rows = torch.arange(n_off + capacity, device=device)  # row indices on the device: no upload per online step
+    tree.update(rows[:n_off], torch.ones(n_off, device=device))
     max_priority = torch.tensor(initial_max_priority(n_off, args.init_online_fraction, args.warmup_online_steps),
                                 dtype=torch.float64, device=device)
     updates_done = 0  # online updates so far (the warm-up burst included)
@@ -549,7 +550,7 @@ def train(args: Args) -> None:
             r_s2_term = to_dev(np.concatenate([[reward], (next_obs - obs_mean) / obs_std, [terminated]]))
             i = n_off + n_on % capacity  # the ring's next row
             replay[i] = torch.cat([obs_t, a, r_s2_term])
-            tree.update(torch.tensor([i], device=device), max_priority[None])
+            tree.update(rows[i:i + 1], max_priority[None])
             n_on, obs_t, ep_return = n_on + 1, r_s2_term[1:-1], ep_return + float(reward)
             episode.append(action)
             if terminated or truncated:
