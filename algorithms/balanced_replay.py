@@ -135,6 +135,25 @@ class Args:
     resume: str | None = None
     """continue the killed run in this directory to the result of an uninterrupted one; its args.json holds the flags"""
 
+
+def validate(args: Args) -> None:
+    check_flags(args, ("offline_steps", "online_steps", "expl_noise", "warmup_updates"),
+                ("batch_size", "eval_every", "eval_episodes", "log_every", "policy_freq", "hidden", "collapse_window",
+                 "ensemble_size", "online_capacity", "temperature", "warmup_online_steps", "ratio_batch_size",
+                 "ratio_lr"))
+    if not 0.0 < args.init_online_fraction < 1.0:
+        raise SystemExit(f"error: --init-online-fraction must be in (0, 1), got {args.init_online_fraction}")
+    if 0 < args.online_steps < args.warmup_online_steps:
+        raise SystemExit(f"error: --online-steps {args.online_steps} is less than --warmup-online-steps "
+                         f"{args.warmup_online_steps}: no update would ever run")
+    if len(args.checkpoint) > args.ensemble_size:
+        raise SystemExit(f"error: {len(args.checkpoint)} --checkpoint for an ensemble of --ensemble-size "
+                         f"{args.ensemble_size}: one checkpoint per member at most")
+    for path in () if args.resume else args.checkpoint:
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: checkpoint {path} does not exist")
+
+
 # ---------------------------------------------------------------------------------------------- networks
 class EnsembleLinear(nn.Module):
     """`n` independent linear layers applied with one batched matmul; initialised like nn.Linear."""
@@ -401,24 +420,6 @@ def update_ratio_and_priorities(weight_net, weight_opt, tree, idx, rl_batch, off
     loss.backward()
     weight_opt.step()
     return priority, {"ratio_loss": loss.detach(), "w_offline": w_off.detach().mean(), "w_online": w_on.detach().mean()}
-
-
-def validate(args: Args) -> None:
-    check_flags(args, ("offline_steps", "online_steps", "expl_noise", "warmup_updates"),
-                ("batch_size", "eval_every", "eval_episodes", "log_every", "policy_freq", "hidden", "collapse_window",
-                 "ensemble_size", "online_capacity", "temperature", "warmup_online_steps", "ratio_batch_size",
-                 "ratio_lr"))
-    if not 0.0 < args.init_online_fraction < 1.0:
-        raise SystemExit(f"error: --init-online-fraction must be in (0, 1), got {args.init_online_fraction}")
-    if 0 < args.online_steps < args.warmup_online_steps:
-        raise SystemExit(f"error: --online-steps {args.online_steps} is less than --warmup-online-steps "
-                         f"{args.warmup_online_steps}: no update would ever run")
-    if len(args.checkpoint) > args.ensemble_size:
-        raise SystemExit(f"error: {len(args.checkpoint)} --checkpoint for an ensemble of --ensemble-size "
-                         f"{args.ensemble_size}: one checkpoint per member at most")
-    for path in () if args.resume else args.checkpoint:
-        if not os.path.isfile(path):
-            raise SystemExit(f"error: checkpoint {path} does not exist")
 
 
 # ---------------------------------------------------------------------------------------------- training

@@ -17,6 +17,11 @@ proposes "conservative policy optimization" for stable, sample-efficient finetun
 - lambda normalizes the Q scale as in TD3+BC, so beta means the same across tasks and reward scales.
 - Replay: every batch is half offline, half online (`--offline-ratio 0.5`, RLPD's symmetric sampling), so the critic
   keeps fitting the data pi_0 was trained on and the few early online transitions are not drowned in it.
+- --beta-rule (OUR READINGS): fixed is the schedule above. Otherwise the trust region holds while a signal says it is
+  needed: log beta_t += --beta-lr * (signal / --beta-target - 1) per actor update, from --beta-start, within
+  [--beta-end, --beta-start]. returns: a training return's fall below their running average (Zhao et al. 2022);
+  disagreement: |Q1 - Q2| at (s, pi(s)) over that at (s, a), critic errors where pi acts; td: the online rows' TD
+  error over the offline rows', online data the critic does not fit yet.
 The regularized states s are every batch state. Everything else is line-for-line naive_ft.py
 (`diff algorithms/naive_ft.py algorithms/conservative_ft.py` shows only the method).
 """
@@ -72,6 +77,12 @@ class Args:
     """trust-region weight after --beta-decay-steps online steps (and from then on)"""
     beta_decay_steps: int = 100_000
     """online steps over which beta_t decays linearly from --beta-start to --beta-end (0: --beta-end at once)"""
+    beta_rule: str = "fixed"
+    """how beta_t moves: fixed (the linear schedule), or adapting to a signal: returns, disagreement or td"""
+    beta_lr: float = 3e-3
+    """adaptive rules: log beta_t += beta_lr * (signal / target - 1) per actor update (returns: per episode)"""
+    beta_target: float | None = None
+    """adaptive rules: the signal's set point; default returns 0.5, disagreement 1.5, td 2"""
     anchor_tau: float = 0.0
     """the trust region's centre: 0 keeps the frozen pi_0; tau > 0 moves it, pi_ref <- pi_ref + tau (pi - pi_ref)"""
     expl_noise: float = 0.1
@@ -108,6 +119,24 @@ class Args:
     """parent folder of the run directory (an existing run directory is an error, never overwritten)"""
     resume: str | None = None
     """continue the killed run in this directory to the result of an uninterrupted one; its args.json holds the flags"""
+
+
+def validate(args: Args) -> None:
+    check_flags(args, ("offline_steps", "online_steps", "expl_noise", "beta_start", "beta_end", "beta_decay_steps",
+                       "beta_lr"), ("batch_size", "eval_every", "eval_episodes", "log_every", "policy_freq", "hidden",
+                                    "collapse_window", "beta_target"))
+    if not (0.0 <= args.offline_ratio <= 1.0 or args.offline_ratio == -1.0):
+        raise SystemExit(f"error: --offline-ratio must be in [0, 1], or -1 for uniform over all data, "
+                         f"got {args.offline_ratio}")
+    if not 0.0 <= args.anchor_tau <= 1.0:
+        raise SystemExit(f"error: --anchor-tau must be in [0, 1], got {args.anchor_tau}")
+    if args.beta_rule not in ("fixed", "returns", "disagreement", "td") or args.beta_rule != "fixed" and not (
+            0 < args.beta_end <= args.beta_start and (args.beta_rule != "td" or 0 < args.offline_ratio < 1)):
+        raise SystemExit(f"error: --beta-rule {args.beta_rule}: the rules are fixed, returns, disagreement, td; an "
+                         f"adaptive one needs 0 < --beta-end <= --beta-start, td also 0 < --offline-ratio < 1")
+    if args.checkpoint and not args.resume and not os.path.isfile(args.checkpoint):
+        raise SystemExit(f"error: checkpoint {args.checkpoint} does not exist")
+
 
 # ---------------------------------------------------------------------------------------------- networks
 class Actor(nn.Module):
@@ -177,6 +206,12 @@ def beta_schedule(step: int, args) -> float:
     return args.beta_start + frac * (args.beta_end - args.beta_start)
 
 
+def adapt_beta(log_beta: torch.Tensor, signal, updates: int, args):
+    """log beta_t += --beta-lr * updates * (signal - 1), kept in [log --beta-end, log --beta-start]; no host sync."""
+    log_beta.add_((signal - 1) * (args.beta_lr * updates)).clamp_(math.log(args.beta_end), math.log(args.beta_start))
+    return signal
+
+
 def diagnostics(replay, n_off: int, n_on: int, obs_dim: int, actor, critic, pretrained_actor, gen) -> dict:
     """Collapse diagnostics on 1024 fresh offline and 1024 online states (drawn with their own RNG): mean
     ||pi(s) - pi_0(s)|| and mean Q1(s, pi(s)) on each half."""
@@ -192,7 +227,7 @@ def diagnostics(replay, n_off: int, n_on: int, obs_dim: int, actor, critic, pret
 
 # ---------------------------------------------------------------------------------------------- one update
 def update(step: int, batch, actor, actor_target, critic, critic_target, actor_opt, critic_opt, args,
-           offline: bool, beta: float = 0.0, anchor=None) -> dict:
+           offline: bool, beta=0.0, anchor=None, log_beta=None) -> dict:
     """One gradient step on batch = (s, a, r, s', terminated) with r, terminated of shape (B, 1): TD3+BC when
     `offline`, else TD3 with the trust region beta * (pi - pi_ref)^2. Returns detached scalar tensors."""
     obs, act, rew, next_obs, terminated = batch
@@ -229,20 +264,16 @@ def update(step: int, batch, actor, actor_target, critic, critic_target, actor_o
             torch._foreach_lerp_(list(critic_target.parameters()), list(critic.parameters()), args.tau)
             if not offline and args.anchor_tau > 0:  # pi_ref <- pi_ref + tau_ref * (pi - pi_ref)
                 torch._foreach_lerp_(list(anchor.parameters()), list(actor.parameters()), args.anchor_tau)
+            if not offline and args.beta_rule in ("disagreement", "td"):  # beta_t follows its signal (docstring)
+                if args.beta_rule == "disagreement":  # |Q1 - Q2| at (s, pi(s)) over |Q1 - Q2| at the batch's (s, a)
+                    q_pi = critic(obs, pi)  # both twins: a forward pass only this rule pays
+                    signal = (q_pi[0] - q_pi[1]).abs().mean() / (q[0] - q[1]).abs().mean()
+                else:  # td: mean TD error^2 of the batch's online rows over its offline rows (which come first)
+                    td2, k = ((q - target_q) ** 2).mean(0), round(args.offline_ratio * len(obs))
+                    signal = td2[k:].mean() / td2[:k].mean()
+                info["beta_signal"] = adapt_beta(log_beta, signal / args.beta_target, 1, args)
         info.update(actor_loss=actor_loss.detach(), reg_loss=reg_loss.detach(), lmbda=lmbda)
     return info
-
-
-def validate(args: Args) -> None:
-    check_flags(args, ("offline_steps", "online_steps", "expl_noise", "beta_start", "beta_end", "beta_decay_steps"),
-                ("batch_size", "eval_every", "eval_episodes", "log_every", "policy_freq", "hidden", "collapse_window"))
-    if not (0.0 <= args.offline_ratio <= 1.0 or args.offline_ratio == -1.0):
-        raise SystemExit(f"error: --offline-ratio must be in [0, 1], or -1 for uniform over all data, "
-                         f"got {args.offline_ratio}")
-    if not 0.0 <= args.anchor_tau <= 1.0:
-        raise SystemExit(f"error: --anchor-tau must be in [0, 1], got {args.anchor_tau}")
-    if args.checkpoint and not args.resume and not os.path.isfile(args.checkpoint):
-        raise SystemExit(f"error: checkpoint {args.checkpoint} does not exist")
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -255,7 +286,8 @@ def train(args: Args) -> None:
     args, device, run_dir = prepare(
         args, script, ckpt["dataset_id"] if ckpt else requested or resolve_dataset_id("hopper", None),
         offline_steps=(0 if ckpt else 1_000_000) if args.offline_steps is None else args.offline_steps,
-        hidden=ckpt["args"]["hidden"] if ckpt else args.hidden)
+        hidden=ckpt["args"]["hidden"] if ckpt else args.hidden, beta_target=args.beta_target or
+        {"returns": 0.5, "disagreement": 1.5, "td": 2.0}.get(args.beta_rule))
 
     # data on the device: one replay table, the offline rows first, then room for every online transition
     n_on, capacity = 0, args.online_steps
@@ -288,10 +320,12 @@ def train(args: Args) -> None:
         pretrained_actor.load_state_dict(state["pretrained_actor"])
         anchor = copy.deepcopy(pretrained_actor) if args.anchor_tau > 0 else pretrained_actor
         anchor.load_state_dict(state["anchor"] or state["pretrained_actor"])
+    rule = (state or {}).get("beta_rule") or {"log_beta": torch.tensor(float(args.beta_start)).log(), "ret_avg": None}
+    log_beta, ret_avg = rule["log_beta"].to(device), rule["ret_avg"]  # adaptive rules: log beta_t, returns' average
 
     columns = ["phase", "step", "critic_loss", "actor_loss", "reg_loss", "q_mean", "lmbda", "pi_dist",
                "q_pi_offline", "q_pi_online", "beta", "train_return", "eval_return", "eval_return_std", "eval_score",
-               "updates_per_s", "elapsed_s"]
+               "updates_per_s", "elapsed_s", "beta_signal"]
     run = Run(run_dir, columns, args, script, saved, state, device, data,  # args.json: the agent a new run starts from
               checkpoint_sha256=weights_sha256(ckpt) if ckpt and not state else None)
 
@@ -302,6 +336,7 @@ def train(args: Args) -> None:
                 "actor_opt": actor_opt.state_dict(), "critic_opt": critic_opt.state_dict(),
                 "pretrained_actor": pretrained_actor.state_dict() if pretrained_actor else None, "rng": rng_state(gen),
                 "anchor": anchor.state_dict() if anchor is not pretrained_actor else None,
+                "beta_rule": {"log_beta": log_beta, "ret_avg": ret_avg} if args.beta_rule != "fixed" else None,
                 "run": {"n_on": n_on, "online_rows": replay[n_off:n_off + min(n_on, capacity)].to("cpu", copy=True),
                         "obs": obs_t, "ep_return": ep_return, "episode": episode, "recent_returns": recent_returns,
                         "reset_state": reset_state}}
@@ -354,15 +389,21 @@ def train(args: Args) -> None:
             if terminated or truncated:
                 run.episode(step, ep_return, len(episode))
                 recent_returns.append(ep_return)
+                if args.beta_rule == "returns":  # a return below the running average raises beta_t, above lowers it
+                    fall = 0.0 if ret_avg is None else (ret_avg - ep_return) / (args.beta_target * abs(ret_avg) + 1e-8)
+                    signal = adapt_beta(log_beta, 1 + max(-1.0, min(1.0, fall)), len(episode) // args.policy_freq, args)
+                    run.add({"beta_signal": signal})
+                    ret_avg = ep_return if ret_avg is None else ret_avg + 0.2 * (ep_return - ret_avg)  # EMA, rate 0.2
                 reset_state = env.unwrapped.np_random.bit_generator.state  # how the next episode starts (--resume)
                 obs_t, ep_return, episode = to_dev((env.reset()[0] - obs_mean) / obs_std), 0.0, []
+            beta = beta_schedule(step, args) if args.beta_rule == "fixed" else log_beta.exp()  # beta_t
             run.add(update(step, sample(online=True), actor, actor_target, critic, critic_target, actor_opt,
-                           critic_opt, args, offline=False, beta=beta_schedule(step, args), anchor=anchor))
+                           critic_opt, args, offline=False, beta=beta, anchor=anchor, log_beta=log_beta))
             evaluated = step % args.eval_every == 0 or step == args.online_steps  # evaluate, then checkpoint
             if evaluated or step % args.log_every == 0:  # a metrics row, with the collapse diagnostics
                 row = run.row("online", step, {
                     **diagnostics(replay, n_off, n_on, obs_dim, actor, critic, pretrained_actor, gen),
-                    "beta": beta_schedule(step, args),
+                    "beta": float(beta),
                     "train_return": float(np.mean(recent_returns)) if recent_returns else None})
                 recent_returns = []
                 returns = evaluate(actor, eval_envs, obs_mean, obs_std, args.seed, device) if evaluated else None

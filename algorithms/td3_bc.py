@@ -91,6 +91,17 @@ class Args:
     resume: str | None = None
     """continue the killed run in this directory to the result of an uninterrupted one; its args.json holds the flags"""
 
+
+def validate(args: Args) -> None:
+    check_flags(args, ("offline_steps", "online_steps", "expl_noise"),
+                ("batch_size", "eval_every", "eval_episodes", "log_every", "policy_freq", "hidden", "collapse_window"))
+    if not (0.0 <= args.offline_ratio <= 1.0 or args.offline_ratio == -1.0):
+        raise SystemExit(f"error: --offline-ratio must be in [0, 1], or -1 for uniform over all data, "
+                         f"got {args.offline_ratio}")
+    if args.checkpoint and not args.resume and not os.path.isfile(args.checkpoint):
+        raise SystemExit(f"error: checkpoint {args.checkpoint} does not exist")
+
+
 # ---------------------------------------------------------------------------------------------- networks
 class Actor(nn.Module):
     """Deterministic policy pi(s) = max_action * tanh(MLP(s))."""
@@ -200,16 +211,6 @@ def update(step: int, batch, actor, actor_target, critic, critic_target, actor_o
             torch._foreach_lerp_(list(critic_target.parameters()), list(critic.parameters()), args.tau)
         info.update(actor_loss=actor_loss.detach(), reg_loss=reg_loss.detach(), lmbda=lmbda)
     return info
-
-
-def validate(args: Args) -> None:
-    check_flags(args, ("offline_steps", "online_steps", "expl_noise"),
-                ("batch_size", "eval_every", "eval_episodes", "log_every", "policy_freq", "hidden", "collapse_window"))
-    if not (0.0 <= args.offline_ratio <= 1.0 or args.offline_ratio == -1.0):
-        raise SystemExit(f"error: --offline-ratio must be in [0, 1], or -1 for uniform over all data, "
-                         f"got {args.offline_ratio}")
-    if args.checkpoint and not args.resume and not os.path.isfile(args.checkpoint):
-        raise SystemExit(f"error: checkpoint {args.checkpoint} does not exist")
 
 
 # ---------------------------------------------------------------------------------------------- training
