@@ -268,7 +268,7 @@ def update(step: int, batch, actor, actor_target, critic, critic_target, actor_o
                 if args.beta_rule == "disagreement":  # |Q1 - Q2| at (s, pi(s)) over |Q1 - Q2| at the batch's (s, a)
                     q_pi = critic(obs, pi)  # both twins: a forward pass only this rule pays
                     signal = (q_pi[0] - q_pi[1]).abs().mean() / (q[0] - q[1]).abs().mean()
-                else:  # td: mean TD error^2 of the batch's online rows over its offline rows (which come first)
+                else:  # td: the signal is mean TD error^2 of the online rows over the offline rows (first in a batch)
                     td2, k = ((q - target_q) ** 2).mean(0), round(args.offline_ratio * len(obs))
                     signal = td2[k:].mean() / td2[:k].mean()
                 info["beta_signal"] = adapt_beta(log_beta, signal / args.beta_target, 1, args)

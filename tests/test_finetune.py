@@ -1,5 +1,6 @@
 """Online finetuning: td3_bc.py --online-steps, naive_ft.py and conservative_ft.py through their CLIs, the
 checkpoint handoff, determinism, the replay-ratio sampler, the beta schedule, collapse statistics, errors."""
+import dataclasses
 import json
 
 import pytest
@@ -181,6 +182,85 @@ def test_anchor_follows_the_policy(finetuned, tmp_path):
     assert all(float(r["reg_loss"]) == 0.0 for r in read_metrics(tmp_path / "one" / "metrics.csv")[1:])
     proc = run_script("conservative_ft.py", "--anchor-tau", "1.5", "--runs-dir", str(tmp_path), check=False)
     assert proc.returncode != 0 and proc.stderr.strip() == "error: --anchor-tau must be in [0, 1], got 1.5"
+
+
+def tiny_agent(seed: int = 0):
+    """Actor, critic, their targets and Adam optimizers of a 4-d observation, 2-d action agent."""
+    torch.manual_seed(seed)
+    actor, actor_t = conservative_ft.Actor(4, 2, torch.ones(2), 32), conservative_ft.Actor(4, 2, torch.ones(2), 32)
+    critic, critic_t = conservative_ft.Critic(4, 2, 32), conservative_ft.Critic(4, 2, 32)
+    return [actor, actor_t, critic, critic_t, torch.optim.Adam(actor.parameters(), lr=1e-3),
+            torch.optim.Adam(critic.parameters(), lr=1e-3)]
+
+
+@pytest.mark.parametrize("rule", ["disagreement", "td"])
+def test_device_rules_signal_and_beta_by_hand(rule):
+    """One actor update moves log beta_t by --beta-lr * (signal / --beta-target - 1), the signal computed here by hand
+    from copies of the networks: disagreement, |Q1 - Q2| at (s, pi(s)) (critic after its step, actor before its step)
+    over |Q1 - Q2| at the batch's (s, a) (critic before its step); td, the mean squared TD error (both twins) of the
+    batch's online rows over its offline rows. The rule only moves beta: with --beta-lr 0 the weights equal fixed's."""
+    import copy
+    import math
+    args = conservative_ft.Args(beta_rule=rule, beta_lr=0.05, beta_target=1.3, beta_start=10.0, beta_end=1e-3,
+                                policy_noise=0.0, offline_ratio=0.25)
+    g = torch.Generator().manual_seed(1)
+    obs, act = torch.randn(64, 4, generator=g), torch.rand(64, 2, generator=g) * 2 - 1
+    next_obs = torch.randn(64, 4, generator=g)
+    batch = (obs, act, torch.randn(64, 1, generator=g), next_obs, (torch.rand(64, 1, generator=g) < 0.1).float())
+    nets = tiny_agent()
+    actor0, actor_t0, critic0, critic_t0 = (copy.deepcopy(n) for n in nets[:4])
+    log_beta = torch.tensor(math.log(0.5))
+    info = conservative_ft.update(2, batch, *nets, args, offline=False, beta=log_beta.exp(), anchor=actor0,
+                                  log_beta=log_beta)
+    with torch.no_grad():
+        q = critic0(obs, act)
+        if rule == "disagreement":
+            q_pi = nets[2](obs, actor0(obs))
+            signal = (q_pi[0] - q_pi[1]).abs().mean() / (q[0] - q[1]).abs().mean()
+        else:
+            next_q = critic_t0(next_obs, actor_t0(next_obs).clamp(-1, 1)).min(0).values  # targets before their step
+            y = batch[2][:, 0] + args.gamma * (1 - batch[4][:, 0]) * next_q
+            td2 = ((q - y) ** 2).mean(0)
+            signal = td2[16:].mean() / td2[:16].mean()  # round(0.25 * 64) = 16 offline rows first
+    assert float(info["beta_signal"]) == pytest.approx(float(signal) / 1.3, rel=1e-5)
+    assert float(log_beta) == pytest.approx(math.log(0.5) + 0.05 * (float(signal) / 1.3 - 1), rel=1e-5, abs=1e-6)
+    log_beta.fill_(math.log(20.0))  # above --beta-start: clamped back into [--beta-end, --beta-start]
+    conservative_ft.update(2, batch, *tiny_agent(), args, offline=False, beta=0.5, anchor=actor0, log_beta=log_beta)
+    assert float(log_beta) <= math.log(10.0) + 1e-6
+    a, b = tiny_agent(), tiny_agent()  # the signal is read, never used by the update itself
+    conservative_ft.update(2, batch, *a, dataclasses.replace(args, beta_lr=0.0), offline=False, beta=0.5,
+                           anchor=actor0, log_beta=torch.tensor(0.0))
+    conservative_ft.update(2, batch, *b, dataclasses.replace(args, beta_rule="fixed"), offline=False, beta=0.5,
+                           anchor=actor0)
+    assert all(torch.equal(x, y) for x, y in zip(a[0].state_dict().values(), b[0].state_dict().values()))
+
+
+def test_returns_rule_by_hand(finetuned, tmp_path):
+    """--beta-rule returns: after each training episode, log beta_t += --beta-lr * (updates in it) * clip(fall, -1, 1)
+    with fall = (R_avg - R) / (--beta-target * |R_avg|) and R_avg <- R_avg + 0.2 (R - R_avg), replayed here from
+    episodes.csv; the checkpoint holds both. Bad --beta-rule values are one line."""
+    import math
+    run_script("conservative_ft.py", "--checkpoint", str(finetuned / "offline" / "checkpoint.pt"), *ONLINE,
+               "--beta-rule", "returns", "--beta-lr", "0.01", "--runs-dir", str(tmp_path), "--run-name", "r")
+    episodes = [line.split(",") for line in (tmp_path / "r" / "episodes.csv").read_text().splitlines()[1:]]
+    assert len(episodes) >= 3
+    log_beta, avg, moved = 0.0, None, False  # log --beta-start
+    for _, ret, length, _ in episodes:
+        ret, length = float(ret), int(length)
+        fall = 0.0 if avg is None else (avg - ret) / (0.5 * abs(avg) + 1e-8)  # --beta-target 0.5, the default
+        log_beta = min(0.0, max(math.log(0.1), log_beta + 0.01 * (length // 2) * max(-1.0, min(1.0, fall))))
+        avg, moved = ret if avg is None else avg + 0.2 * (ret - avg), moved or log_beta != 0.0
+    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
+    assert moved and ckpt["beta_rule"]["ret_avg"] == pytest.approx(avg)
+    assert float(ckpt["beta_rule"]["log_beta"]) == pytest.approx(log_beta, rel=1e-5, abs=1e-6)
+    rows = read_metrics(tmp_path / "r" / "metrics.csv")
+    assert float(rows[-1]["beta"]) == pytest.approx(math.exp(log_beta), rel=1e-5)
+    assert json.loads((tmp_path / "r" / "args.json").read_text())["args"]["beta_target"] == 0.5
+    for flags in (["--beta-rule", "nope"], ["--beta-rule", "td", "--offline-ratio", "-1"],
+                  ["--beta-rule", "returns", "--beta-end", "0"]):
+        proc = run_script("conservative_ft.py", *flags, "--runs-dir", str(tmp_path), check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: --beta-rule {flags[1]}: ")
 
 
 def test_diff_naive_conservative_shows_only_the_method():
