@@ -61,8 +61,7 @@ class Args:
     eval_episodes: int = 10
     """episodes of the evaluation timing"""
     eval_checkpoint: str | None = None
-    """actor of the evaluation timing: a checkpoint.pt of our scripts (a competent policy runs long episodes);
-    default an untrained actor with small actions, whose episodes are short"""
+    """the evaluation timing's actor: a checkpoint.pt (long episodes); default an untrained actor (short ones)"""
     skip_io: bool = False
     """skip the dataset-load, evaluation and memory measurements (update and step rates only)"""
     json_out: str | None = None

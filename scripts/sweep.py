@@ -58,8 +58,7 @@ class Args:
     launcher: Literal["local", "slurm"] = "local"
     """local: subprocesses on this machine; slurm: sbatch through submitit (pip install -e ".[sweep]")"""
     variant: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
-    """NAME=FLAGS, repeatable: also run every listed method whose --help has all FLAGS with them, as
-    <method>-<NAME> (methods that lack a flag skip the variant, with a printed line)"""
+    """NAME=FLAGS, repeatable: also run each listed method whose --help has all FLAGS, as <method>-<NAME>"""
     method_flags: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
     """METHOD=FLAGS, repeatable: extra flags for every run of one method (e.g. balanced replay's warm-up sizes)"""
     slurm_partition: str | None = None
@@ -69,12 +68,9 @@ class Args:
     slurm_gpus_per_job: int = 0
     """GPUs per Slurm job (0: no GPU request)"""
     cross_cpu: bool = False
-    """also pretrain again the missing agents made on another CPU model (skipped otherwise), on a machine that computes
-    like it (e.g. an AMD CPU on MKL's Intel code path: README, Reproducibility); a group's runs still start only from
-    the agent whose weight hash they recorded"""
+    """re-make the missing agents of another CPU model (else skipped) on a machine that computes like it (README)"""
     dry_run: bool = False
-    """print the command of every run and start none: unprefixed those that would start; `done:` finished runs;
-    `not needed:` the missing agent of a group whose runs are all finished; `skipped:` groups of another CPU model"""
+    """print each run's command and start none; prefixes: done, not needed (agent of finished runs), skipped"""
 
 
 @dataclass
