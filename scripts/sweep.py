@@ -216,6 +216,12 @@ def check_grid(args: Args, groups: dict[Path, list[Run]]) -> None:
         if set(grid["runs"]) <= set(old["runs"]):  # a part of the grid (some datasets or seeds): the command of
             grid["command"] = old["command"]        # record stays the whole grid's
             print(f"sweep: {len(grid['runs'])} of the {len(old['runs'])} runs of {path} (its command is kept)")
+        elif not set(old["runs"]) <= set(grid["runs"]):  # a part that adds datasets or seeds: the command of record
+            union = union_command({**old["runs"], **grid["runs"]})  # names theirs and this part's
+            grid["command"] = union or grid["command"]
+            if not union:
+                print(f"sweep: note: the runs of {path} are no longer one grid of datasets x seeds x runs; it records "
+                      f"this command, which names only this part")
         grid["runs"] = {**old["runs"], **grid["runs"]}
     for group, runs in groups.items():  # runs finetuned from another agent than the group's
         hashes = {r.name: json.loads((r.dir / "args.json").read_text()).get("checkpoint_sha256")
@@ -226,6 +232,20 @@ def check_grid(args: Args, groups: dict[Path, list[Run]]) -> None:
     if not args.dry_run:
         out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(grid, indent=2))
+
+
+def union_command(runs: dict[str, list[str]]) -> str | None:
+    """This sweep's command with every dataset and seed of `runs` (OUT/sweep.json's, this part's included), or None if
+    they are not one grid of datasets x seeds x runs: a grid continued in parts keeps one command that makes it all."""
+    datasets = list(dict.fromkeys(f[f.index("--dataset-id") + 1] for k, f in runs.items() if k.endswith("/pretrain")))
+    seeds, names = sorted({int(k.split("/")[1][4:]) for k in runs}), {k.split("/")[2] for k in runs}
+    if set(runs) != {f"{d.replace('/', '-')}/seed{s}/{n}" for d in datasets for s in seeds for n in names}:
+        return None
+    new, owner, argv = {"--dataset-ids": datasets, "--seeds": list(map(str, seeds))}, None, []
+    for a in sys.argv[1:]:  # drop this part's --dataset-ids and --seeds with their values, then name the union's
+        owner = a if a.startswith("--") else owner
+        argv += [] if owner in new else [a]
+    return shlex.join(["python", "scripts/sweep.py", *argv, *(x for flag, v in new.items() for x in (flag, *v))])
 
 
 def agent_check(group: Path, runs: list[Run]) -> str | None:

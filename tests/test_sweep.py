@@ -201,6 +201,34 @@ def test_a_part_of_the_grid_runs_alone_and_keeps_the_command(whole, tmp_path):
     assert json.loads((out / "sweep.json").read_text()) == recorded
 
 
+def test_a_part_that_adds_seeds_records_the_command_of_the_whole_grid(whole, tmp_path):
+    """Seeds added in a later part (another session, say): sweep.json's command names every seed, so the report's
+    command makes the whole grid."""
+    out = tmp_path / "more"
+    shutil.copytree(whole[0], out)
+    seeds = GRID.index("--seeds")
+    sweep(*GRID[:seeds + 1], "2", *GRID[seeds + 3:], "--out", str(out))
+    recorded = json.loads((out / "sweep.json").read_text())
+    datasets = GRID.index("--dataset-ids")  # this part's --dataset-ids and --seeds give way to the whole grid's
+    assert recorded["command"] == "python scripts/sweep.py " + " ".join(
+        [*GRID[:datasets], *GRID[seeds + 3:], "--out", str(out), "--dataset-ids", TINY_ID, "--seeds", "0", "1", "2"])
+    assert {k.split("/")[1] for k in recorded["runs"]} == {"seed0", "seed1", "seed2"}
+
+
+def test_union_command_only_for_one_grid(monkeypatch):
+    """A command of record is rebuilt only when the runs are datasets x seeds x runs; otherwise None (the part's)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import sweep as sweep_module
+
+    monkeypatch.setattr(sys, "argv", ["sweep.py", "--seeds", "1", "--dataset-ids", "a/b", "--variant", "x=--seed 3"])
+    runs = {f"{d.replace('/', '-')}/seed{s}/{n}": ["--dataset-id", d] if n == "pretrain" else []
+            for d in ("a/b", "c/d") for s in (0, 1) for n in ("pretrain", "naive_ft")}
+    assert sweep_module.union_command(runs) == \
+        "python scripts/sweep.py --variant 'x=--seed 3' --dataset-ids a/b c/d --seeds 0 1"
+    del runs["c-d/seed0/naive_ft"]
+    assert sweep_module.union_command(runs) is None
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "naive_ft", "sac"], "error: unknown method(s) ['sac']; choose from td3_bc, naive_ft"),
     (["--dataset-ids", "test/none/missing-v0"], "error: dataset(s) test/none/missing-v0 not found under"),
