@@ -218,10 +218,10 @@ def check_grid(args: Args, groups: dict[Path, list[Run]]) -> None:
             print(f"sweep: {len(grid['runs'])} of the {len(old['runs'])} runs of {path} (its command is kept)")
         elif not set(old["runs"]) <= set(grid["runs"]):  # a part that adds datasets or seeds: the command of record
             union = union_command({**old["runs"], **grid["runs"]})  # names theirs and this part's
-            grid["command"] = union or grid["command"]
+            grid["command"] = union or old["command"]
             if not union:
-                print(f"sweep: note: the runs of {path} are no longer one grid of datasets x seeds x runs; it records "
-                      f"this command, which names only this part")
+                print(f"sweep: note: {path} keeps its command, which does not make this part's new runs: with them its "
+                      f"runs are not one grid of datasets x seeds x runs until the other groups have them too")
         grid["runs"] = {**old["runs"], **grid["runs"]}
     for group, runs in groups.items():  # runs finetuned from another agent than the group's
         hashes = {r.name: json.loads((r.dir / "args.json").read_text()).get("checkpoint_sha256")
