@@ -215,6 +215,19 @@ def test_a_part_that_adds_seeds_records_the_command_of_the_whole_grid(whole, tmp
     assert {k.split("/")[1] for k in recorded["runs"]} == {"seed0", "seed1", "seed2"}
 
 
+def test_a_part_that_leaves_the_grid_uneven_keeps_the_command(whole, tmp_path):
+    """A new variant for one seed only: the runs are no longer datasets x seeds x runs, so sweep.json keeps the
+    command of record (it would otherwise name only the part) and says so."""
+    out = tmp_path / "uneven"
+    shutil.copytree(whole[0], out)
+    recorded = json.loads((out / "sweep.json").read_text())
+    seeds = GRID.index("--seeds")
+    proc = sweep(*GRID[:seeds + 1], "1", *GRID[seeds + 3:], "--variant", "b2=--beta-start 2", "--out", str(out))
+    assert f"note: {out / 'sweep.json'} keeps its command" in proc.stdout
+    after = json.loads((out / "sweep.json").read_text())
+    assert after["command"] == recorded["command"] and "seed1/conservative_ft-b2" in "\n".join(after["runs"])
+
+
 def test_union_command_only_for_one_grid(monkeypatch):
     """A command of record is rebuilt only when the runs are datasets x seeds x runs; otherwise None (the part's)."""
     sys.path.insert(0, str(ROOT / "scripts"))
