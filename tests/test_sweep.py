@@ -229,7 +229,7 @@ def test_a_part_that_leaves_the_grid_uneven_keeps_the_command(whole, tmp_path):
 
 
 def test_union_command_only_for_one_grid(monkeypatch):
-    """A command of record is rebuilt only when the runs are datasets x seeds x runs; otherwise None (the part's)."""
+    """A command of record is rebuilt only when the runs are datasets x seeds x runs; else None (the old one stays)."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import sweep as sweep_module
 
