@@ -133,7 +133,7 @@ def sweep_block(dataset_dir: Path, made_by: bool = True) -> str:
                 final = evals(read_csv(r / "metrics.csv"), "online")[-1][1]
                 cells[r.parent.name] = f"{mean_after_step0(r):.1f} / {final:.1f}"
         out.append(f"| {label(name)} | " + " | ".join(cells.get(s, "–") for s in seeds) + " |")
-    return "\n".join(out + ["", "Agents (weight hash of each seed's TD3+BC agent, the CPU it was pretrained on): "
+    return "\n".join(out + ["", "Agents (weight hash of each seed's TD3+BC agent, the CPUs it was pretrained on): "
                              + "; ".join(agent(dataset_dir / s, runs) for s in seeds) + "."] + made)
 
 
@@ -167,12 +167,21 @@ def summary_block(datasets: list[Path]) -> str:
 
 
 def agent(group: Path, runs: dict[str, list[Path]]) -> str:
-    """`seedS 1a2b3c4d… (CPU)`: the agent the group's finished runs started from (their args.json), and the CPU of
-    its pretraining run's last start (meta.cpu; runs made before it was recorded say so)."""
+    """`seedS 1a2b3c4d… (CPU)`: the agent the group's finished runs started from (their args.json), and the CPUs its
+    pretraining run started on, first to last (meta.cpu; runs made before it was recorded say so)."""
     hashes = sorted({json.loads((r / "args.json").read_text()).get("checkpoint_sha256") or "?" for rs in runs.values()
                      for r in rs if r.parent == group and (r / "summary.json").exists() and (r / "args.json").exists()})
     pre = group / "pretrain" / "args.json"
-    return f"{group.name} {' '.join(h[:8] + '…' for h in hashes) or '–'} ({run_cpu(pre) if pre.exists() else 'CPU not recorded'})"
+    return f"{group.name} {' '.join(h[:8] + '…' for h in hashes) or '–'} ({made_on(pre) if pre.exists() else 'CPU not recorded'})"
+
+
+def made_on(args_json: Path) -> str:
+    """Every CPU a run started or resumed on, in order ("A, again on B"; a preloaded LD_PRELOAD library is named)."""
+    run = json.loads(args_json.read_text())
+    cpus = [m.get("cpu", "CPU not recorded") + (" with LD_PRELOAD " + Path(m["env"]["LD_PRELOAD"]).name
+                                                 if m.get("env", {}).get("LD_PRELOAD") else "")
+            for m in (r.get("meta", {}) for r in [run, *run.get("resumes", [])])]
+    return ", again on ".join(c for i, c in enumerate(cpus) if c not in cpus[:i])
 
 
 def run_cpu(args_json: Path) -> str:

@@ -85,15 +85,20 @@ def test_sweep_block_tables_per_seed_and_command(tmp_path):
     assert "| naive TD3 finetuning | 25.0 / 30.0 | 55.0 / 70.0 |" in lines  # per seed: mean after step 0 / final
     assert "| naive TD3 finetuning [reset] | 45.0 / 45.0 | – |" in lines
     assert lines[-1] == "Made by `python scripts/sweep.py --seeds 0 1` (stand-in data where the id says standin)."
-    assert lines[-3] == ("Agents (weight hash of each seed's TD3+BC agent, the CPU it was pretrained on): seed0 – (CPU "
+    assert lines[-3] == ("Agents (weight hash of each seed's TD3+BC agent, the CPUs it was pretrained on): seed0 – (CPU "
                          "not recorded); seed1 – (CPU not recorded).")  # runs without args.json: nothing recorded
     for seed, (h, cpu) in enumerate([("ab" * 32, "CPU A"), ("cd" * 32, "CPU B")]):
         (ds / f"seed{seed}" / "naive_ft" / "args.json").write_text(json.dumps({"checkpoint_sha256": h}))
         (ds / f"seed{seed}" / "pretrain" / "args.json").write_text(json.dumps(
             {"meta": {"cpu": "CPU X"}, "resumes": [{"meta": {"cpu": cpu}}] if seed else []}))
     (ds / "seed0" / "pretrain" / "args.json").write_text(json.dumps({"meta": {"cpu": "CPU A"}, "resumes": []}))
-    assert report.sweep_block(ds).splitlines()[-3] == ("Agents (weight hash of each seed's TD3+BC agent, the CPU it was "
-                                                       "pretrained on): seed0 abababab… (CPU A); seed1 cdcdcdcd… (CPU B).")
+    assert report.sweep_block(ds).splitlines()[-3] == ("Agents (weight hash of each seed's TD3+BC agent, the CPUs it was "
+                                                       "pretrained on): seed0 abababab… (CPU A); seed1 cdcdcdcd… "
+                                                       "(CPU X, again on CPU B).")  # first start, then each re-make
+    (ds / "seed1" / "pretrain" / "args.json").write_text(json.dumps({"meta": {"cpu": "CPU X"}, "resumes": [
+        {"meta": {"cpu": "CPU B", "env": {"LD_PRELOAD": "/tmp/libmklintel.so"}}}, {"meta": {"cpu": "CPU X"}}]}))
+    assert report.sweep_block(ds).splitlines()[-3].endswith(
+        "seed1 cdcdcdcd… (CPU X, again on CPU B with LD_PRELOAD libmklintel.so).")
 
 
 def test_summary_block_over_datasets(tmp_path):
