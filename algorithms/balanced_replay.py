@@ -2,43 +2,22 @@
 prioritized by a learned density ratio d_online / d_offline (Lee, Seo, Lee, Abbeel & Shin, "Offline-to-Online
 Reinforcement Learning via Balanced Replay and Pessimistic Q-Ensemble", CoRL 2021, arXiv 2107.00591).
 
-Details follow the authors' code (shlee94/Off2OnRL, rlkit-based):
-
-- One prioritized buffer holds every offline transition plus the online ones (online capacity
-  `--online-capacity`, 250k, a ring). Sampling is proportional to priority, stratified: the total mass is split
-  into B equal segments and one point is drawn uniformly in each, then found in a sum tree (in torch, on the
-  device, batched: no Python loop per sample, no host round-trip). As in the authors' code there is NO
-  importance-sampling correction in the TD loss.
-- A density-ratio network w(s, a) (256-256 ReLU MLP, output through ReLU, last bias initialised to 1.0) estimates
-  d_online / d_offline. Every gradient step it trains (own Adam, lr 3e-4) on a fresh uniform batch of 256 online
-  and 256 offline transitions with the Jensen-Shannon f-divergence loss
-      L_w = mean_off[-log(2 / (w + 1) + eps)] - mean_on[log(2 w / (w + 1) + eps)],   eps = 1e-10.
-- Each step the sampled RL batch's priorities become  w^(1/T) / mean_offline_batch(w^(1/T))  (T = --temperature,
-  5), clamped to [1e-3, 1e3], computed with the estimator *before* its update of that step.
-- New online transitions enter at the running maximum priority, offline ones at 1; the initial maximum is chosen so
-  that the first 1000 online transitions hold a fraction f (--init-online-fraction, 0.5) of the total mass:
-      max_0 = M f / ((1 - f) 1000)   for M offline transitions.
-- Loop: the authors collect 1000 online steps per epoch, then run that epoch's updates (10x in the first epoch).
-  We keep the per-step loop of naive_ft.py with one faithful exception: the first --warmup-online-steps (1000)
-  transitions are collected with the pretrained policy before any update, then --warmup-updates (10,000) updates
-  run, then one update per environment step. Total updates = warmup updates + online steps - warmup steps.
-- Pessimistic Q-ensemble (the paper's other half): N agents (--ensemble-size, 5), pretrained independently with
-  TD3+BC (each its own initial weights and batches; members 0, 1, ... may come from --checkpoint), finetuned as one.
-  The authors' agents are SAC; our TD3 translation (our reading, every choice named):
-    acting:  a(s) = mean_i pi_i(s)   (the authors average the members' Gaussian means; TD3 policies are the means)
+Details follow the authors' code (shlee94/Off2OnRL); README.md, "Balanced replay", lists them with their flags:
+- one prioritized buffer (every offline transition, a ring of --online-capacity online ones), sampled in proportion
+  to priority through a sum tree on the device, stratified, without importance weights;
+- a density-ratio network w(s, a) ~ d_online / d_offline, trained every step with the Jensen-Shannon loss
+  L_w = mean_off[-log(2 / (w + 1) + eps)] - mean_on[log(2 w / (w + 1) + eps)] on 256 online + 256 offline rows;
+- the sampled batch's new priorities w^(1/T) / mean_offline_batch(w^(1/T)), clamped to [1e-3, 1e3], from the
+  estimator before its update; new online rows enter at the running maximum, max_0 = M f / ((1 - f) 1000);
+- --warmup-online-steps with the pretrained policy, then --warmup-updates updates, then one per environment step.
+Pessimistic Q-ensemble, our TD3 reading of the authors' SAC ensemble of N = --ensemble-size agents:
+    acting:  a(s) = mean_i pi_i(s)
     target:  y_i = r + gamma (1 - d) min(Q'_i1, Q'_i2)(s', a'),  a' = clip(mean_i pi'_i(s') + clip(eps))
-             (each member its own clipped double-Q; one smoothed next action of the ensemble's target policy, as
-             the authors' mixture gives one next action)
     critic:  sum_i [MSE(Q_i1, y_i) + MSE(Q_i2, y_i)]   on one shared prioritized batch
-    actor:   maximize mean_i min(Q_i1, Q_i2)(s, a(s))   through the mean action: the members' actors train jointly
-             (TD3's actor uses Q1 alone; the min of the twins is the authors' pessimism, kept for N = 1 too)
-  Every member keeps its own twin critics, targets and Adam moments; all of them are batched (one matmul per
-  layer for all members). N = 1 is balanced replay alone with the same objective.
-- RL algorithm: TD3 from the pretrained TD3+BC agents (the authors use SAC from CQL).
-Logged in metrics.csv: w_offline / w_online (mean w on the estimator's offline / online batches),
-online_share (fraction of online transitions in each RL batch) and q_std (the ensemble's disagreement: std over
-members of min(Q_i1, Q_i2)(s, a(s)) on the diagnostic states), besides naive_ft.py's collapse diagnostics (here
-q_pi_* is mean_i min(Q_i1, Q_i2)(s, a(s)), the actor's objective).
+    actor:   maximize mean_i min(Q_i1, Q_i2)(s, a(s))   through the mean action (the members' actors train jointly)
+Every member keeps its own twin critics, targets and Adam moments, all batched (one matmul per layer for all
+members); N = 1 is balanced replay alone. Logged besides naive_ft.py's diagnostics: w_offline, w_online,
+online_share, ratio_loss, updates and q_std (the std over members of min(Q_i1, Q_i2)(s, a(s))).
 """
 import copy
 import csv
@@ -60,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import tyro
-from offline_data import (has_reference_scores, load_dataset, make_env, make_eval_env, normalized_score,
+from offline_data import (evaluate, has_reference_scores, load_replay, make_env, make_eval_env, normalized_score,
                           resolve_dataset_id)
 
 
@@ -149,9 +128,6 @@ def validate(args: Args) -> None:
     if len(args.checkpoint) > args.ensemble_size:
         raise SystemExit(f"error: {len(args.checkpoint)} --checkpoint for an ensemble of --ensemble-size "
                          f"{args.ensemble_size}: one checkpoint per member at most")
-    for path in () if args.resume else args.checkpoint:
-        if not os.path.isfile(path):
-            raise SystemExit(f"error: checkpoint {path} does not exist")
 
 
 # ---------------------------------------------------------------------------------------------- networks
@@ -302,17 +278,14 @@ def agent_part(ckpt: dict) -> dict:
 
 
 def stack_members(parts: list[dict]) -> dict:
-    """One ensemble of all the members of `parts`, in order. A part is {"n": members, "actor", "critic",
-    "actor_target", "critic_target", "actor_opt", "critic_opt": state dicts of this script's networks and Adams}.
-    Actor tensors stack along dim 0; a critic tensor holds member i's twins at rows i and n + i, so the parts' first
-    twins come first, then their second twins. Adam moments stack like their parameters; the step count (used only
-    in Adam's bias correction, about 1 after 10^4 steps) is the parts' largest; a part without Adam states (an
-    agent that never trained) gives None: fresh Adams."""
+    """One ensemble of the members of `parts` ({"n": members, and state dicts of this script's networks and Adams}),
+    in order: actor tensors stack along dim 0; critic tensors (member i's twins at rows i and n + i) take the parts'
+    first twins, then their second twins. Adam moments stack like their parameters, the step count (only in the
+    bias correction, about 1 after 10^4 steps) is the largest; a part without Adam states gives None: fresh Adams."""
     def cat(tensors: list, twins: bool) -> torch.Tensor:
         tensors = [t.cpu() for t in tensors]
-        if not twins:
-            return torch.cat(tensors)
-        return torch.cat([t[:p["n"]] for t, p in zip(tensors, parts)] + [t[p["n"]:] for t, p in zip(tensors, parts)])
+        return torch.cat([t[:p["n"]] for t, p in zip(tensors, parts)] + [t[p["n"]:] for t, p in zip(tensors, parts)]
+                         if twins else tensors)
     out = {"n": sum(p["n"] for p in parts)}
     for net in ("actor", "critic", "actor_target", "critic_target"):
         out[net] = {k: v if k == "max_action" else cat([p[net][k] for p in parts], net.startswith("critic"))
@@ -490,8 +463,7 @@ def train(args: Args) -> None:
     print(f"ensemble of {args.ensemble_size}: {len(args.checkpoint)} from --checkpoint, {n_pre} pretrained here" +
           (f" ({args.offline_steps} steps each)" if n_pre else " (no offline phase)"), flush=True)
 
-    def checkpoint(phase: str, step: int) -> dict:
-        """Everything the rest of the run depends on (Run.write adds the run files' sizes and the evaluations)."""
+    def checkpoint(phase: str, step: int) -> dict:  # all the rest of the run depends on (Run.write adds the files)
         return {"args": dataclasses.asdict(args), **about, "actor": actor.state_dict(), "critic": critic.state_dict(),
                 "actor_target": actor_target.state_dict(), "critic_target": critic_target.state_dict(),
                 "actor_opt": actor_opt.state_dict(), "critic_opt": critic_opt.state_dict(),
@@ -534,8 +506,7 @@ def train(args: Args) -> None:
                 actor, critic, actor_target, critic_target, actor_opt, critic_opt = nets
             pretrained_actor = copy.deepcopy(actor).requires_grad_(False)
             if args.reset_optimizers:  # fresh Adam moments for the online phase
-                actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, fused=True)
-                critic_opt = torch.optim.Adam(critic.parameters(), lr=args.lr, fused=True)
+                actor_opt, critic_opt = (torch.optim.Adam(m.parameters(), args.lr, fused=True) for m in (actor, critic))
             obs_t = to_dev((env.reset(seed=args.seed)[0] - obs_mean) / obs_std)  # normalized s, uploaded once a step
             run.write(run.row("online", 0), args.online_steps,  # step 0: the pretrained policy, before any update
                       evaluate(actor, eval_envs, obs_mean, obs_std, args.seed, device), checkpoint("online", 0))
@@ -589,7 +560,6 @@ def train(args: Args) -> None:
 # --- run files: identical in every script (tests/test_shared_code.py) ---------------------------------------------
 CHECKPOINT_FORMAT = 3  # --resume continues this format only; --checkpoint reads the weights of any format
 
-
 class Run:
     """The run directory: args.json, metrics.csv (a row every --log-every steps: each value's mean since the last
     row, read from its device sum only then), episodes.csv, checkpoint.pt (at each evaluation), summary.json."""
@@ -615,7 +585,7 @@ class Run:
         self.metrics, self.episodes = csv.DictWriter(self.files[0], columns), csv.writer(self.files[1])
         self.sums, self.counts, self.row_from = {}, {}, state["step"] + 1 if state else 1
         self.last_checkpoint = f"{state['phase']} step {state['step']}" if state else None
-        self.start, self.t_last, self.eta_from = time.perf_counter() - run["elapsed_s"], time.perf_counter(), None
+        self.start, self.t_last = time.perf_counter() - run["elapsed_s"], time.perf_counter()
         print(f"{script} on {args.dataset_id}: {len(data.obs)} offline transitions, device {device}, "
               f"{torch.get_num_threads()} threads, run dir {run_dir}", flush=True)
         if not has_reference_scores(data.dataset):
@@ -667,11 +637,7 @@ class Run:
             atomic_save(self.dir / "checkpoint.pt", {"format": CHECKPOINT_FORMAT, "algorithm": self.script,
                                                      "phase": phase, "step": step, **checkpoint})
             self.last_checkpoint = f"{phase} step {step}"
-        if self.eta_from is None or self.eta_from[0] != phase:  # the speed since this process's first row of a phase
-            self.eta_from = (phase, now, step)
         shown = [f"{k} {row[k]:.1f}" for k in ("eval_score", "updates_per_s") if k in row]
-        if step > self.eta_from[2]:
-            shown.append(f"ETA {(now - self.eta_from[1]) / (step - self.eta_from[2]) * (last - step) / 60:.1f} min")
         print(" | ".join([f"{phase:>7} step {step:>8}/{last}", *shown]), flush=True)
         self.t_last = time.perf_counter()
 
@@ -690,7 +656,6 @@ class Run:
             f.close()
         print(f"done in {(time.perf_counter() - self.start) / 60:.1f} min; checkpoint {self.dir / 'checkpoint.pt'}")
 
-
 def check_flags(args, at_least_0: tuple[str, ...], above_0: tuple[str, ...]) -> None:
     """One line and exit 1 for a flag out of range (--threads and --device too)."""
     for names, ok, bound in ((at_least_0 + ("threads",), lambda v: v >= 0, ">= 0"), (above_0, lambda v: v > 0, "> 0")):
@@ -701,7 +666,6 @@ def check_flags(args, at_least_0: tuple[str, ...], above_0: tuple[str, ...]) -> 
         raise SystemExit(f"error: --device must be auto, cpu or cuda, got {args.device!r}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda, but torch sees no CUDA device")
-
 
 def start(args, script: str):
     """With --resume: the run's Args (from its args.json; a flag given here must agree), args.json, last checkpoint."""
@@ -735,7 +699,6 @@ def start(args, script: str):
                          f"this script resumes format {CHECKPOINT_FORMAT} of {script}")
     return merged, saved, state
 
-
 def prepare(args, script: str, dataset_id: str, **resolved):
     """Args with every default resolved (args.json records them), the device, the run directory; threads, seeds."""
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -753,35 +716,10 @@ def prepare(args, script: str, dataset_id: str, **resolved):
     args = dataclasses.replace(args, dataset_id=dataset_id, run_name=run_name, device=str(device), **resolved)
     return args, device, run_dir
 
-
-def load_replay(dataset_id: str, ckpt: dict | None, source, capacity: int, device):
-    """The dataset; its transitions (s, s' normalized) on the device as a table of rows [s | a | r | s' | terminated]
-    with `capacity` rows for online ones after them (a batch is one gather); the column split; checkpoint info."""
-    data = load_dataset(dataset_id)
-    obs_space, act_space = data.dataset.observation_space, data.dataset.action_space
-    env_spec = data.dataset.spec.env_spec
-    if ckpt and (tuple(ckpt["obs_shape"]), tuple(ckpt["act_shape"]), json.loads(ckpt["env_spec"])["id"]) != \
-            (obs_space.shape, act_space.shape, env_spec.id):
-        raise SystemExit(f"error: checkpoint {source} was made for {json.loads(ckpt['env_spec'])['id']} with "
-                         f"observations {tuple(ckpt['obs_shape'])} and actions {tuple(ckpt['act_shape'])}, but dataset "
-                         f"{dataset_id} is {env_spec.id} with {obs_space.shape} and {act_space.shape}")
-    if not np.allclose(act_space.low, -act_space.high):
-        raise SystemExit(f"error: TD3 needs a symmetric action space, dataset has {act_space}")
-    mean, std = (ckpt["obs_mean"], ckpt["obs_std"]) if ckpt else data.obs_mean_std()
-    columns = [(data.obs - mean) / std, data.actions, data.rewards[:, None], (data.next_obs - mean) / std,
-               data.terminated[:, None]]
-    split = [c.shape[1] for c in columns]
-    replay = torch.empty(len(data.obs) + capacity, sum(split), device=device)
-    replay[:len(data.obs)] = torch.cat([torch.as_tensor(c, dtype=torch.float32, device=device) for c in columns], 1)
-    return data, replay, split, {"dataset_id": dataset_id, "env_spec": env_spec.to_json(), "obs_shape": obs_space.shape,
-                                 "act_shape": act_space.shape, "obs_mean": mean, "obs_std": std}
-
-
 def rng_state(gen: torch.Generator) -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "diagnostics": gen.get_state()}
-
 
 def restore(state: dict | None, env, replay, n_off: int, gen: torch.Generator, normalize, run_dir: Path) -> tuple:
     """The online loop's state at the checkpoint (None: a new run's): online rows, the env mid-episode, RNGs last."""
@@ -808,7 +746,6 @@ def restore(state: dict | None, env, replay, n_off: int, gen: torch.Generator, n
     print(f"resuming from the checkpoint at {state['phase']} step {state['step']}", flush=True)
     return run["n_on"], obs_t, run["ep_return"], run["episode"], run["recent_returns"], run["reset_state"]
 
-
 def atomic_save(path: Path, obj) -> None:
     """Write a temporary file, flush it to disk, then rename it: a kill leaves the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
@@ -817,7 +754,6 @@ def atomic_save(path: Path, obj) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
 
 def load_checkpoint(path: str, dataset_id: str | None, ensembles: bool = False) -> dict:
     """A checkpoint of these scripts for a requested dataset id (None: any); an ensemble only when `ensembles`."""
@@ -835,7 +771,6 @@ def load_checkpoint(path: str, dataset_id: str | None, ensembles: bool = False) 
                          f"checkpoint's dataset {ckpt['dataset_id']}")
     return ckpt
 
-
 def weights_sha256(ckpt: dict) -> str:
     """sha256 of the network tensors in a fixed order: equal hashes, bit-identical weights (as report.py --hash)."""
     h = hashlib.sha256()
@@ -845,36 +780,15 @@ def weights_sha256(ckpt: dict) -> str:
             h.update(ckpt[net][key].detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
-
-def evaluate(actor, envs: list, obs_mean, obs_std, seed: int, device) -> np.ndarray:
-    """Undiscounted returns of the deterministic actor, one episode per env, side by side (one batched actor call a
-    step); episode i is reset with a seed from (seed, i) only, so the same weights always get the same score."""
-    obs = np.stack([env.reset(seed=int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))[0]
-                    for i, env in enumerate(envs)])
-    returns, done = np.zeros(len(envs)), np.zeros(len(envs), dtype=bool)
-    while not done.all():
-        with torch.no_grad():  # every row, finished or not: a fixed batch shape gives the same rounding each step
-            act = actor(torch.as_tensor((obs - obs_mean) / obs_std, dtype=torch.float32, device=device)).cpu().numpy()
-        for i in np.flatnonzero(~done):
-            obs[i], r, terminated, truncated, _ = envs[i].step(act[i])
-            returns[i] += float(r)
-            done[i] = terminated or truncated
-    return returns
-
-
 def collapse_summary(evals: list[tuple[int, float]], window: int) -> dict:
     """Policy-collapse statistics from online evaluations [(online step, score), ...] starting at step 0."""
-    step0 = evals[0][1]
-    in_window = [s for t, s in evals if 0 < t <= window]
-    lowest = min(in_window) if in_window else None
-    dip = max(0.0, step0 - lowest) if in_window else 0.0
-    recovery = 0
-    if dip > 0:  # steps until the first evaluation at or above the step-0 score after the first one below it
-        first_below = next(t for t, s in evals if t > 0 and s < step0)
-        recovery = next((t for t, s in evals if t > first_below and s >= step0), None)
+    step0, lowest = evals[0][1], min((s for t, s in evals if 0 < t <= window), default=None)
+    dip = max(0.0, step0 - lowest) if lowest is not None else 0.0
+    # recovery: steps until the first evaluation at or above the step-0 score after the first one below it
+    first_below = next((t for t, s in evals if t > 0 and s < step0), None)
+    recovery = next((t for t, s in evals if t > first_below and s >= step0), None) if dip > 0 else 0
     return {"step0_score": step0, "min_score_in_window": lowest, "collapse_window": window, "dip": dip,
             "recovery_steps": recovery, "final_score": evals[-1][1], "final_step": evals[-1][0]}
-
 
 def run_metadata(device: torch.device) -> dict:
     def git(*cmd):
@@ -891,7 +805,6 @@ def run_metadata(device: torch.device) -> dict:
             "env": {k: v for k, v in sorted(os.environ.items())  # those that pick math code paths (README)
                     if k == "LD_PRELOAD" or k.startswith(("MKL_", "OMP_", "ONEDNN_", "ATEN_CPU"))}}
 
-
 def cpu_name() -> str:
     """The CPU model and the kernels torch picks for it: bit-identical results need the same code paths, not only the
     same seed and threads (math libraries choose them, and so their rounding, by CPU; MKL by vendor: README)."""
@@ -903,7 +816,6 @@ def cpu_name() -> str:
             f"(family {info.get('cpu family', '?')} model {info.get('model', '?')} stepping "
             f"{info.get('stepping', '?')}; {' '.join(isa) or 'no avx2'}; torch kernels "
             f"{torch.backends.cpu.get_cpu_capability()})").strip()
-
 
 if __name__ == "__main__":
     train(tyro.cli(Args, description=__doc__.split("\n\n")[0]))

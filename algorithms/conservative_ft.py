@@ -1,29 +1,20 @@
 """Conservative finetuning: TD3 with a decaying trust region around the frozen pretrained policy pi_0.
 
-OUR READING of Luo et al. 2023 (arXiv 2303.17396). Only the abstract is available to us: it names policy collapse
-when switching from TD3+BC to TD3, says it depends on the online replay distribution and on algorithm choices, and
-proposes "conservative policy optimization" for stable, sample-efficient finetuning, without the equations. Ours:
+OUR READING of Luo et al. 2023 (arXiv 2303.17396), whose abstract names policy collapse when switching from TD3+BC
+to TD3 and proposes "conservative policy optimization" without its equations (README.md explains the choices):
 
     L_actor = -lambda * mean Q1(s, pi(s)) + beta_t * mean_{batch, action dims} (pi(s) - pi_ref(s))^2
     lambda  = alpha / mean|Q1(s, pi(s))|  (detached, as TD3+BC),   beta_t: --beta-start -> --beta-end linearly
               over --beta-decay-steps online steps,   pi_ref = pi_0, or with --anchor-tau tau > 0 a moving centre,
               pi_ref <- pi_ref + tau * (pi - pi_ref) after every actor update
 
-- The trust region keeps pi near pi_0, where naive TD3 lets the actor chase critic errors on actions the data never
-  covered (and not near the dataset actions, as TD3+BC's BC term, which caps improvement at the data's quality);
-  beta decays, so finetuning becomes TD3-like once the critic has seen online data. Where naive TD3 would not
-  collapse this costs speed (benchmarks.md). --anchor-tau (off by default) makes the centre a slow average of the
-  policy, a proximal step as TRPO's old policy: it limits how fast the policy moves, not how far from pi_0.
-- lambda normalizes the Q scale as in TD3+BC, so beta means the same across tasks and reward scales.
-- Replay: every batch is half offline, half online (`--offline-ratio 0.5`, RLPD's symmetric sampling), so the critic
-  keeps fitting the data pi_0 was trained on and the few early online transitions are not drowned in it.
-- --beta-rule (OUR READINGS): fixed is the schedule above. Otherwise the trust region holds while a signal says it is
-  needed: log beta_t += --beta-lr * (signal / --beta-target - 1) per actor update, from --beta-start, within
-  [--beta-end, --beta-start]. returns: a training return's fall below their running average (Zhao et al. 2022);
-  disagreement: |Q1 - Q2| at (s, pi(s)) over that at (s, a), critic errors where pi acts; td: the online rows' TD
-  error over the offline rows', online data the critic does not fit yet.
-The regularized states s are every batch state. Everything else is line-for-line naive_ft.py
-(`diff algorithms/naive_ft.py algorithms/conservative_ft.py` shows only the method).
+The trust region holds pi near pi_0 while the critic is still wrong about actions the data never covered; beta decays,
+so finetuning becomes TD3-like; lambda makes beta mean the same across reward scales. Replay: every batch half
+offline, half online (`--offline-ratio 0.5`). --beta-rule (OUR READINGS): fixed is the schedule above; otherwise
+log beta_t += --beta-lr * (signal / --beta-target - 1) per actor update, within [--beta-end, --beta-start], where the
+signal is returns: a training return's fall below their running average (Zhao et al. 2022); disagreement: |Q1 - Q2|
+at (s, pi(s)) over that at (s, a); td: the online rows' TD error over the offline rows'. Everything else is
+line-for-line naive_ft.py (`diff algorithms/naive_ft.py algorithms/conservative_ft.py` shows only the method).
 """
 import copy
 import csv
@@ -45,7 +36,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from offline_data import (has_reference_scores, load_dataset, make_env, make_eval_env, normalized_score,
+from offline_data import (evaluate, has_reference_scores, load_replay, make_env, make_eval_env, normalized_score,
                           resolve_dataset_id)
 
 
@@ -134,8 +125,6 @@ def validate(args: Args) -> None:
             0 < args.beta_end <= args.beta_start and (args.beta_rule != "td" or 0 < args.offline_ratio < 1)):
         raise SystemExit(f"error: --beta-rule {args.beta_rule}: the rules are fixed, returns, disagreement, td; an "
                          f"adaptive one needs 0 < --beta-end <= --beta-start, td also 0 < --offline-ratio < 1")
-    if args.checkpoint and not args.resume and not os.path.isfile(args.checkpoint):
-        raise SystemExit(f"error: checkpoint {args.checkpoint} does not exist")
 
 
 # ---------------------------------------------------------------------------------------------- networks
@@ -310,10 +299,9 @@ def train(args: Args) -> None:
     critic_target.load_state_dict(critic.state_dict())
     actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, fused=True)  # fused: one kernel, the same math
     critic_opt = torch.optim.Adam(critic.parameters(), lr=args.lr, fused=True)
-    for name, obj in (("actor", actor), ("critic", critic), ("actor_target", actor_target),
-                      ("critic_target", critic_target), ("actor_opt", actor_opt), ("critic_opt", critic_opt)):
-        if ckpt:
-            obj.load_state_dict(ckpt[name])
+    for name, obj in zip(("actor", "critic", "actor_target", "critic_target", "actor_opt", "critic_opt"),
+                         (actor, critic, actor_target, critic_target, actor_opt, critic_opt) if ckpt else ()):
+        obj.load_state_dict(ckpt[name])
     pretrained_actor = anchor = None  # pi_0: a frozen copy of the actor when the online phase starts; pi_ref
     if state and state["pretrained_actor"] is not None:
         pretrained_actor = copy.deepcopy(actor).requires_grad_(False)
@@ -329,8 +317,7 @@ def train(args: Args) -> None:
     run = Run(run_dir, columns, args, script, saved, state, device, data,  # args.json: the agent a new run starts from
               checkpoint_sha256=weights_sha256(ckpt) if ckpt and not state else None)
 
-    def checkpoint(phase: str, step: int) -> dict:
-        """Everything the rest of the run depends on (Run.write adds the run files' sizes and the evaluations)."""
+    def checkpoint(phase: str, step: int) -> dict:  # all the rest of the run depends on (Run.write adds the files)
         return {"args": dataclasses.asdict(args), **about, "actor": actor.state_dict(), "critic": critic.state_dict(),
                 "actor_target": actor_target.state_dict(), "critic_target": critic_target.state_dict(),
                 "actor_opt": actor_opt.state_dict(), "critic_opt": critic_opt.state_dict(),
@@ -368,8 +355,7 @@ def train(args: Args) -> None:
             pretrained_actor = copy.deepcopy(actor).requires_grad_(False)
             anchor = copy.deepcopy(pretrained_actor) if args.anchor_tau > 0 else pretrained_actor  # pi_ref = pi_0
             if args.reset_optimizers:  # fresh Adam moments for the online phase
-                actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, fused=True)
-                critic_opt = torch.optim.Adam(critic.parameters(), lr=args.lr, fused=True)
+                actor_opt, critic_opt = (torch.optim.Adam(m.parameters(), args.lr, fused=True) for m in (actor, critic))
             obs_t = to_dev((env.reset(seed=args.seed)[0] - obs_mean) / obs_std)  # normalized s, uploaded once a step
             run.write(run.row("online", 0), args.online_steps,  # step 0: the pretrained policy, before any update
                       evaluate(actor, eval_envs, obs_mean, obs_std, args.seed, device), checkpoint("online", 0))
@@ -414,7 +400,6 @@ def train(args: Args) -> None:
 # --- run files: identical in every script (tests/test_shared_code.py) ---------------------------------------------
 CHECKPOINT_FORMAT = 3  # --resume continues this format only; --checkpoint reads the weights of any format
 
-
 class Run:
     """The run directory: args.json, metrics.csv (a row every --log-every steps: each value's mean since the last
     row, read from its device sum only then), episodes.csv, checkpoint.pt (at each evaluation), summary.json."""
@@ -440,7 +425,7 @@ class Run:
         self.metrics, self.episodes = csv.DictWriter(self.files[0], columns), csv.writer(self.files[1])
         self.sums, self.counts, self.row_from = {}, {}, state["step"] + 1 if state else 1
         self.last_checkpoint = f"{state['phase']} step {state['step']}" if state else None
-        self.start, self.t_last, self.eta_from = time.perf_counter() - run["elapsed_s"], time.perf_counter(), None
+        self.start, self.t_last = time.perf_counter() - run["elapsed_s"], time.perf_counter()
         print(f"{script} on {args.dataset_id}: {len(data.obs)} offline transitions, device {device}, "
               f"{torch.get_num_threads()} threads, run dir {run_dir}", flush=True)
         if not has_reference_scores(data.dataset):
@@ -492,11 +477,7 @@ class Run:
             atomic_save(self.dir / "checkpoint.pt", {"format": CHECKPOINT_FORMAT, "algorithm": self.script,
                                                      "phase": phase, "step": step, **checkpoint})
             self.last_checkpoint = f"{phase} step {step}"
-        if self.eta_from is None or self.eta_from[0] != phase:  # the speed since this process's first row of a phase
-            self.eta_from = (phase, now, step)
         shown = [f"{k} {row[k]:.1f}" for k in ("eval_score", "updates_per_s") if k in row]
-        if step > self.eta_from[2]:
-            shown.append(f"ETA {(now - self.eta_from[1]) / (step - self.eta_from[2]) * (last - step) / 60:.1f} min")
         print(" | ".join([f"{phase:>7} step {step:>8}/{last}", *shown]), flush=True)
         self.t_last = time.perf_counter()
 
@@ -515,7 +496,6 @@ class Run:
             f.close()
         print(f"done in {(time.perf_counter() - self.start) / 60:.1f} min; checkpoint {self.dir / 'checkpoint.pt'}")
 
-
 def check_flags(args, at_least_0: tuple[str, ...], above_0: tuple[str, ...]) -> None:
     """One line and exit 1 for a flag out of range (--threads and --device too)."""
     for names, ok, bound in ((at_least_0 + ("threads",), lambda v: v >= 0, ">= 0"), (above_0, lambda v: v > 0, "> 0")):
@@ -526,7 +506,6 @@ def check_flags(args, at_least_0: tuple[str, ...], above_0: tuple[str, ...]) -> 
         raise SystemExit(f"error: --device must be auto, cpu or cuda, got {args.device!r}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda, but torch sees no CUDA device")
-
 
 def start(args, script: str):
     """With --resume: the run's Args (from its args.json; a flag given here must agree), args.json, last checkpoint."""
@@ -560,7 +539,6 @@ def start(args, script: str):
                          f"this script resumes format {CHECKPOINT_FORMAT} of {script}")
     return merged, saved, state
 
-
 def prepare(args, script: str, dataset_id: str, **resolved):
     """Args with every default resolved (args.json records them), the device, the run directory; threads, seeds."""
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -578,35 +556,10 @@ def prepare(args, script: str, dataset_id: str, **resolved):
     args = dataclasses.replace(args, dataset_id=dataset_id, run_name=run_name, device=str(device), **resolved)
     return args, device, run_dir
 
-
-def load_replay(dataset_id: str, ckpt: dict | None, source, capacity: int, device):
-    """The dataset; its transitions (s, s' normalized) on the device as a table of rows [s | a | r | s' | terminated]
-    with `capacity` rows for online ones after them (a batch is one gather); the column split; checkpoint info."""
-    data = load_dataset(dataset_id)
-    obs_space, act_space = data.dataset.observation_space, data.dataset.action_space
-    env_spec = data.dataset.spec.env_spec
-    if ckpt and (tuple(ckpt["obs_shape"]), tuple(ckpt["act_shape"]), json.loads(ckpt["env_spec"])["id"]) != \
-            (obs_space.shape, act_space.shape, env_spec.id):
-        raise SystemExit(f"error: checkpoint {source} was made for {json.loads(ckpt['env_spec'])['id']} with "
-                         f"observations {tuple(ckpt['obs_shape'])} and actions {tuple(ckpt['act_shape'])}, but dataset "
-                         f"{dataset_id} is {env_spec.id} with {obs_space.shape} and {act_space.shape}")
-    if not np.allclose(act_space.low, -act_space.high):
-        raise SystemExit(f"error: TD3 needs a symmetric action space, dataset has {act_space}")
-    mean, std = (ckpt["obs_mean"], ckpt["obs_std"]) if ckpt else data.obs_mean_std()
-    columns = [(data.obs - mean) / std, data.actions, data.rewards[:, None], (data.next_obs - mean) / std,
-               data.terminated[:, None]]
-    split = [c.shape[1] for c in columns]
-    replay = torch.empty(len(data.obs) + capacity, sum(split), device=device)
-    replay[:len(data.obs)] = torch.cat([torch.as_tensor(c, dtype=torch.float32, device=device) for c in columns], 1)
-    return data, replay, split, {"dataset_id": dataset_id, "env_spec": env_spec.to_json(), "obs_shape": obs_space.shape,
-                                 "act_shape": act_space.shape, "obs_mean": mean, "obs_std": std}
-
-
 def rng_state(gen: torch.Generator) -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "diagnostics": gen.get_state()}
-
 
 def restore(state: dict | None, env, replay, n_off: int, gen: torch.Generator, normalize, run_dir: Path) -> tuple:
     """The online loop's state at the checkpoint (None: a new run's): online rows, the env mid-episode, RNGs last."""
@@ -633,7 +586,6 @@ def restore(state: dict | None, env, replay, n_off: int, gen: torch.Generator, n
     print(f"resuming from the checkpoint at {state['phase']} step {state['step']}", flush=True)
     return run["n_on"], obs_t, run["ep_return"], run["episode"], run["recent_returns"], run["reset_state"]
 
-
 def atomic_save(path: Path, obj) -> None:
     """Write a temporary file, flush it to disk, then rename it: a kill leaves the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
@@ -642,7 +594,6 @@ def atomic_save(path: Path, obj) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
 
 def load_checkpoint(path: str, dataset_id: str | None, ensembles: bool = False) -> dict:
     """A checkpoint of these scripts for a requested dataset id (None: any); an ensemble only when `ensembles`."""
@@ -660,7 +611,6 @@ def load_checkpoint(path: str, dataset_id: str | None, ensembles: bool = False) 
                          f"checkpoint's dataset {ckpt['dataset_id']}")
     return ckpt
 
-
 def weights_sha256(ckpt: dict) -> str:
     """sha256 of the network tensors in a fixed order: equal hashes, bit-identical weights (as report.py --hash)."""
     h = hashlib.sha256()
@@ -670,36 +620,15 @@ def weights_sha256(ckpt: dict) -> str:
             h.update(ckpt[net][key].detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
-
-def evaluate(actor, envs: list, obs_mean, obs_std, seed: int, device) -> np.ndarray:
-    """Undiscounted returns of the deterministic actor, one episode per env, side by side (one batched actor call a
-    step); episode i is reset with a seed from (seed, i) only, so the same weights always get the same score."""
-    obs = np.stack([env.reset(seed=int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))[0]
-                    for i, env in enumerate(envs)])
-    returns, done = np.zeros(len(envs)), np.zeros(len(envs), dtype=bool)
-    while not done.all():
-        with torch.no_grad():  # every row, finished or not: a fixed batch shape gives the same rounding each step
-            act = actor(torch.as_tensor((obs - obs_mean) / obs_std, dtype=torch.float32, device=device)).cpu().numpy()
-        for i in np.flatnonzero(~done):
-            obs[i], r, terminated, truncated, _ = envs[i].step(act[i])
-            returns[i] += float(r)
-            done[i] = terminated or truncated
-    return returns
-
-
 def collapse_summary(evals: list[tuple[int, float]], window: int) -> dict:
     """Policy-collapse statistics from online evaluations [(online step, score), ...] starting at step 0."""
-    step0 = evals[0][1]
-    in_window = [s for t, s in evals if 0 < t <= window]
-    lowest = min(in_window) if in_window else None
-    dip = max(0.0, step0 - lowest) if in_window else 0.0
-    recovery = 0
-    if dip > 0:  # steps until the first evaluation at or above the step-0 score after the first one below it
-        first_below = next(t for t, s in evals if t > 0 and s < step0)
-        recovery = next((t for t, s in evals if t > first_below and s >= step0), None)
+    step0, lowest = evals[0][1], min((s for t, s in evals if 0 < t <= window), default=None)
+    dip = max(0.0, step0 - lowest) if lowest is not None else 0.0
+    # recovery: steps until the first evaluation at or above the step-0 score after the first one below it
+    first_below = next((t for t, s in evals if t > 0 and s < step0), None)
+    recovery = next((t for t, s in evals if t > first_below and s >= step0), None) if dip > 0 else 0
     return {"step0_score": step0, "min_score_in_window": lowest, "collapse_window": window, "dip": dip,
             "recovery_steps": recovery, "final_score": evals[-1][1], "final_step": evals[-1][0]}
-
 
 def run_metadata(device: torch.device) -> dict:
     def git(*cmd):
@@ -716,7 +645,6 @@ def run_metadata(device: torch.device) -> dict:
             "env": {k: v for k, v in sorted(os.environ.items())  # those that pick math code paths (README)
                     if k == "LD_PRELOAD" or k.startswith(("MKL_", "OMP_", "ONEDNN_", "ATEN_CPU"))}}
 
-
 def cpu_name() -> str:
     """The CPU model and the kernels torch picks for it: bit-identical results need the same code paths, not only the
     same seed and threads (math libraries choose them, and so their rounding, by CPU; MKL by vendor: README)."""
@@ -728,7 +656,6 @@ def cpu_name() -> str:
             f"(family {info.get('cpu family', '?')} model {info.get('model', '?')} stepping "
             f"{info.get('stepping', '?')}; {' '.join(isa) or 'no avx2'}; torch kernels "
             f"{torch.backends.cpu.get_cpu_capability()})").strip()
-
 
 if __name__ == "__main__":
     train(tyro.cli(Args, description=__doc__.split("\n\n")[0]))

@@ -1,11 +1,14 @@
-"""The one module the algorithm scripts share: load a Minari dataset into flat float32 transition arrays.
+"""The one module the algorithm scripts share: the offline data and the evaluation protocol, so that every method
+trains on the same replay table and is scored the same way.
 
-Minari does the storage, downloading, environment recovery and score normalization; this module only maps a
-short env name to an official dataset id, turns episodes into (s, a, r, s', terminated) transitions, checks
-them, and turns the usual failures into one readable line (`SystemExit`, non-zero exit, no traceback).
+Minari does the storage, downloading, environment recovery and score normalization; this module maps a short env
+name to an official dataset id, turns episodes into (s, a, r, s', terminated) transitions, checks them, puts them on
+the device as one normalized replay table (`load_replay`), scores a policy on the dataset's evaluation environment
+(`evaluate`), and turns the usual failures into one readable line (`SystemExit`, non-zero exit, no traceback).
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 from dataclasses import dataclass
@@ -14,6 +17,7 @@ from urllib.parse import urlparse
 import gymnasium as gym
 import minari
 import numpy as np
+import torch
 from minari.storage.datasets_root_dir import get_dataset_path
 
 # `--env NAME` is shorthand for the official Minari MuJoCo "medium" dataset of that environment.
@@ -126,3 +130,42 @@ def normalized_score(dataset: minari.MinariDataset, returns) -> np.ndarray:
     if not has_reference_scores(dataset):
         return np.asarray(returns, dtype=np.float64)
     return 100.0 * minari.get_normalized_score(dataset, np.asarray(returns, dtype=np.float64))
+
+
+def load_replay(dataset_id: str, ckpt: dict | None, source, capacity: int, device):
+    """The dataset; its transitions (s, s' normalized) on the device as a table of rows [s | a | r | s' | terminated]
+    with `capacity` rows for online ones after them (a batch is one gather); the column split; checkpoint info."""
+    data = load_dataset(dataset_id)
+    obs_space, act_space = data.dataset.observation_space, data.dataset.action_space
+    env_spec = data.dataset.spec.env_spec
+    if ckpt and (tuple(ckpt["obs_shape"]), tuple(ckpt["act_shape"]), json.loads(ckpt["env_spec"])["id"]) != \
+            (obs_space.shape, act_space.shape, env_spec.id):
+        raise SystemExit(f"error: checkpoint {source} was made for {json.loads(ckpt['env_spec'])['id']} with "
+                         f"observations {tuple(ckpt['obs_shape'])} and actions {tuple(ckpt['act_shape'])}, but dataset "
+                         f"{dataset_id} is {env_spec.id} with {obs_space.shape} and {act_space.shape}")
+    if not np.allclose(act_space.low, -act_space.high):
+        raise SystemExit(f"error: TD3 needs a symmetric action space, dataset has {act_space}")
+    mean, std = (ckpt["obs_mean"], ckpt["obs_std"]) if ckpt else data.obs_mean_std()
+    columns = [(data.obs - mean) / std, data.actions, data.rewards[:, None], (data.next_obs - mean) / std,
+               data.terminated[:, None]]
+    split = [c.shape[1] for c in columns]
+    replay = torch.empty(len(data.obs) + capacity, sum(split), device=device)
+    replay[:len(data.obs)] = torch.cat([torch.as_tensor(c, dtype=torch.float32, device=device) for c in columns], 1)
+    return data, replay, split, {"dataset_id": dataset_id, "env_spec": env_spec.to_json(), "obs_shape": obs_space.shape,
+                                 "act_shape": act_space.shape, "obs_mean": mean, "obs_std": std}
+
+
+def evaluate(actor, envs: list, obs_mean, obs_std, seed: int, device) -> np.ndarray:
+    """Undiscounted returns of the deterministic actor, one episode per env, side by side (one batched actor call a
+    step); episode i is reset with a seed from (seed, i) only, so the same weights always get the same score."""
+    obs = np.stack([env.reset(seed=int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))[0]
+                    for i, env in enumerate(envs)])
+    returns, done = np.zeros(len(envs)), np.zeros(len(envs), dtype=bool)
+    while not done.all():
+        with torch.no_grad():  # every row, finished or not: a fixed batch shape gives the same rounding each step
+            act = actor(torch.as_tensor((obs - obs_mean) / obs_std, dtype=torch.float32, device=device)).cpu().numpy()
+        for i in np.flatnonzero(~done):
+            obs[i], r, terminated, truncated, _ = envs[i].step(act[i])
+            returns[i] += float(r)
+            done[i] = terminated or truncated
+    return returns

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import tyro
 
-from offline_data import (has_reference_scores, load_dataset, make_env, make_eval_env, normalized_score,
+from offline_data import (evaluate, has_reference_scores, load_replay, make_env, make_eval_env, normalized_score,
                           resolve_dataset_id)
 
 
@@ -98,8 +98,6 @@ def validate(args: Args) -> None:
     if not (0.0 <= args.offline_ratio <= 1.0 or args.offline_ratio == -1.0):
         raise SystemExit(f"error: --offline-ratio must be in [0, 1], or -1 for uniform over all data, "
                          f"got {args.offline_ratio}")
-    if args.checkpoint and not args.resume and not os.path.isfile(args.checkpoint):
-        raise SystemExit(f"error: checkpoint {args.checkpoint} does not exist")
 
 
 # ---------------------------------------------------------------------------------------------- networks
@@ -246,10 +244,9 @@ def train(args: Args) -> None:
     critic_target.load_state_dict(critic.state_dict())
     actor_opt = torch.optim.Adam(actor.parameters(), lr=args.lr, fused=True)  # fused: one kernel, the same math
     critic_opt = torch.optim.Adam(critic.parameters(), lr=args.lr, fused=True)
-    for name, obj in (("actor", actor), ("critic", critic), ("actor_target", actor_target),
-                      ("critic_target", critic_target), ("actor_opt", actor_opt), ("critic_opt", critic_opt)):
-        if ckpt:
-            obj.load_state_dict(ckpt[name])
+    for name, obj in zip(("actor", "critic", "actor_target", "critic_target", "actor_opt", "critic_opt"),
+                         (actor, critic, actor_target, critic_target, actor_opt, critic_opt) if ckpt else ()):
+        obj.load_state_dict(ckpt[name])
     pretrained_actor = None  # pi_0: a frozen copy of the actor when the online phase starts
     if state and state["pretrained_actor"] is not None:
         pretrained_actor = copy.deepcopy(actor).requires_grad_(False)
@@ -261,8 +258,7 @@ def train(args: Args) -> None:
     run = Run(run_dir, columns, args, script, saved, state, device, data,  # args.json: the agent a new run starts from
               checkpoint_sha256=weights_sha256(ckpt) if ckpt and not state else None)
 
-    def checkpoint(phase: str, step: int) -> dict:
-        """Everything the rest of the run depends on (Run.write adds the run files' sizes and the evaluations)."""
+    def checkpoint(phase: str, step: int) -> dict:  # all the rest of the run depends on (Run.write adds the files)
         return {"args": dataclasses.asdict(args), **about, "actor": actor.state_dict(), "critic": critic.state_dict(),
                 "actor_target": actor_target.state_dict(), "critic_target": critic_target.state_dict(),
                 "actor_opt": actor_opt.state_dict(), "critic_opt": critic_opt.state_dict(),
@@ -333,7 +329,6 @@ def train(args: Args) -> None:
 # --- run files: identical in every script (tests/test_shared_code.py) ---------------------------------------------
 CHECKPOINT_FORMAT = 3  # --resume continues this format only; --checkpoint reads the weights of any format
 
-
 class Run:
     """The run directory: args.json, metrics.csv (a row every --log-every steps: each value's mean since the last
     row, read from its device sum only then), episodes.csv, checkpoint.pt (at each evaluation), summary.json."""
@@ -359,7 +354,7 @@ class Run:
         self.metrics, self.episodes = csv.DictWriter(self.files[0], columns), csv.writer(self.files[1])
         self.sums, self.counts, self.row_from = {}, {}, state["step"] + 1 if state else 1
         self.last_checkpoint = f"{state['phase']} step {state['step']}" if state else None
-        self.start, self.t_last, self.eta_from = time.perf_counter() - run["elapsed_s"], time.perf_counter(), None
+        self.start, self.t_last = time.perf_counter() - run["elapsed_s"], time.perf_counter()
         print(f"{script} on {args.dataset_id}: {len(data.obs)} offline transitions, device {device}, "
               f"{torch.get_num_threads()} threads, run dir {run_dir}", flush=True)
         if not has_reference_scores(data.dataset):
@@ -411,11 +406,7 @@ class Run:
             atomic_save(self.dir / "checkpoint.pt", {"format": CHECKPOINT_FORMAT, "algorithm": self.script,
                                                      "phase": phase, "step": step, **checkpoint})
             self.last_checkpoint = f"{phase} step {step}"
-        if self.eta_from is None or self.eta_from[0] != phase:  # the speed since this process's first row of a phase
-            self.eta_from = (phase, now, step)
         shown = [f"{k} {row[k]:.1f}" for k in ("eval_score", "updates_per_s") if k in row]
-        if step > self.eta_from[2]:
-            shown.append(f"ETA {(now - self.eta_from[1]) / (step - self.eta_from[2]) * (last - step) / 60:.1f} min")
         print(" | ".join([f"{phase:>7} step {step:>8}/{last}", *shown]), flush=True)
         self.t_last = time.perf_counter()
 
@@ -434,7 +425,6 @@ class Run:
             f.close()
         print(f"done in {(time.perf_counter() - self.start) / 60:.1f} min; checkpoint {self.dir / 'checkpoint.pt'}")
 
-
 def check_flags(args, at_least_0: tuple[str, ...], above_0: tuple[str, ...]) -> None:
     """One line and exit 1 for a flag out of range (--threads and --device too)."""
     for names, ok, bound in ((at_least_0 + ("threads",), lambda v: v >= 0, ">= 0"), (above_0, lambda v: v > 0, "> 0")):
@@ -445,7 +435,6 @@ def check_flags(args, at_least_0: tuple[str, ...], above_0: tuple[str, ...]) -> 
         raise SystemExit(f"error: --device must be auto, cpu or cuda, got {args.device!r}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda, but torch sees no CUDA device")
-
 
 def start(args, script: str):
     """With --resume: the run's Args (from its args.json; a flag given here must agree), args.json, last checkpoint."""
@@ -479,7 +468,6 @@ def start(args, script: str):
                          f"this script resumes format {CHECKPOINT_FORMAT} of {script}")
     return merged, saved, state
 
-
 def prepare(args, script: str, dataset_id: str, **resolved):
     """Args with every default resolved (args.json records them), the device, the run directory; threads, seeds."""
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -497,35 +485,10 @@ def prepare(args, script: str, dataset_id: str, **resolved):
     args = dataclasses.replace(args, dataset_id=dataset_id, run_name=run_name, device=str(device), **resolved)
     return args, device, run_dir
 
-
-def load_replay(dataset_id: str, ckpt: dict | None, source, capacity: int, device):
-    """The dataset; its transitions (s, s' normalized) on the device as a table of rows [s | a | r | s' | terminated]
-    with `capacity` rows for online ones after them (a batch is one gather); the column split; checkpoint info."""
-    data = load_dataset(dataset_id)
-    obs_space, act_space = data.dataset.observation_space, data.dataset.action_space
-    env_spec = data.dataset.spec.env_spec
-    if ckpt and (tuple(ckpt["obs_shape"]), tuple(ckpt["act_shape"]), json.loads(ckpt["env_spec"])["id"]) != \
-            (obs_space.shape, act_space.shape, env_spec.id):
-        raise SystemExit(f"error: checkpoint {source} was made for {json.loads(ckpt['env_spec'])['id']} with "
-                         f"observations {tuple(ckpt['obs_shape'])} and actions {tuple(ckpt['act_shape'])}, but dataset "
-                         f"{dataset_id} is {env_spec.id} with {obs_space.shape} and {act_space.shape}")
-    if not np.allclose(act_space.low, -act_space.high):
-        raise SystemExit(f"error: TD3 needs a symmetric action space, dataset has {act_space}")
-    mean, std = (ckpt["obs_mean"], ckpt["obs_std"]) if ckpt else data.obs_mean_std()
-    columns = [(data.obs - mean) / std, data.actions, data.rewards[:, None], (data.next_obs - mean) / std,
-               data.terminated[:, None]]
-    split = [c.shape[1] for c in columns]
-    replay = torch.empty(len(data.obs) + capacity, sum(split), device=device)
-    replay[:len(data.obs)] = torch.cat([torch.as_tensor(c, dtype=torch.float32, device=device) for c in columns], 1)
-    return data, replay, split, {"dataset_id": dataset_id, "env_spec": env_spec.to_json(), "obs_shape": obs_space.shape,
-                                 "act_shape": act_space.shape, "obs_mean": mean, "obs_std": std}
-
-
 def rng_state(gen: torch.Generator) -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "diagnostics": gen.get_state()}
-
 
 def restore(state: dict | None, env, replay, n_off: int, gen: torch.Generator, normalize, run_dir: Path) -> tuple:
     """The online loop's state at the checkpoint (None: a new run's): online rows, the env mid-episode, RNGs last."""
@@ -552,7 +515,6 @@ def restore(state: dict | None, env, replay, n_off: int, gen: torch.Generator, n
     print(f"resuming from the checkpoint at {state['phase']} step {state['step']}", flush=True)
     return run["n_on"], obs_t, run["ep_return"], run["episode"], run["recent_returns"], run["reset_state"]
 
-
 def atomic_save(path: Path, obj) -> None:
     """Write a temporary file, flush it to disk, then rename it: a kill leaves the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
@@ -561,7 +523,6 @@ def atomic_save(path: Path, obj) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
 
 def load_checkpoint(path: str, dataset_id: str | None, ensembles: bool = False) -> dict:
     """A checkpoint of these scripts for a requested dataset id (None: any); an ensemble only when `ensembles`."""
@@ -579,7 +540,6 @@ def load_checkpoint(path: str, dataset_id: str | None, ensembles: bool = False) 
                          f"checkpoint's dataset {ckpt['dataset_id']}")
     return ckpt
 
-
 def weights_sha256(ckpt: dict) -> str:
     """sha256 of the network tensors in a fixed order: equal hashes, bit-identical weights (as report.py --hash)."""
     h = hashlib.sha256()
@@ -589,36 +549,15 @@ def weights_sha256(ckpt: dict) -> str:
             h.update(ckpt[net][key].detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
-
-def evaluate(actor, envs: list, obs_mean, obs_std, seed: int, device) -> np.ndarray:
-    """Undiscounted returns of the deterministic actor, one episode per env, side by side (one batched actor call a
-    step); episode i is reset with a seed from (seed, i) only, so the same weights always get the same score."""
-    obs = np.stack([env.reset(seed=int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))[0]
-                    for i, env in enumerate(envs)])
-    returns, done = np.zeros(len(envs)), np.zeros(len(envs), dtype=bool)
-    while not done.all():
-        with torch.no_grad():  # every row, finished or not: a fixed batch shape gives the same rounding each step
-            act = actor(torch.as_tensor((obs - obs_mean) / obs_std, dtype=torch.float32, device=device)).cpu().numpy()
-        for i in np.flatnonzero(~done):
-            obs[i], r, terminated, truncated, _ = envs[i].step(act[i])
-            returns[i] += float(r)
-            done[i] = terminated or truncated
-    return returns
-
-
 def collapse_summary(evals: list[tuple[int, float]], window: int) -> dict:
     """Policy-collapse statistics from online evaluations [(online step, score), ...] starting at step 0."""
-    step0 = evals[0][1]
-    in_window = [s for t, s in evals if 0 < t <= window]
-    lowest = min(in_window) if in_window else None
-    dip = max(0.0, step0 - lowest) if in_window else 0.0
-    recovery = 0
-    if dip > 0:  # steps until the first evaluation at or above the step-0 score after the first one below it
-        first_below = next(t for t, s in evals if t > 0 and s < step0)
-        recovery = next((t for t, s in evals if t > first_below and s >= step0), None)
+    step0, lowest = evals[0][1], min((s for t, s in evals if 0 < t <= window), default=None)
+    dip = max(0.0, step0 - lowest) if lowest is not None else 0.0
+    # recovery: steps until the first evaluation at or above the step-0 score after the first one below it
+    first_below = next((t for t, s in evals if t > 0 and s < step0), None)
+    recovery = next((t for t, s in evals if t > first_below and s >= step0), None) if dip > 0 else 0
     return {"step0_score": step0, "min_score_in_window": lowest, "collapse_window": window, "dip": dip,
             "recovery_steps": recovery, "final_score": evals[-1][1], "final_step": evals[-1][0]}
-
 
 def run_metadata(device: torch.device) -> dict:
     def git(*cmd):
@@ -635,7 +574,6 @@ def run_metadata(device: torch.device) -> dict:
             "env": {k: v for k, v in sorted(os.environ.items())  # those that pick math code paths (README)
                     if k == "LD_PRELOAD" or k.startswith(("MKL_", "OMP_", "ONEDNN_", "ATEN_CPU"))}}
 
-
 def cpu_name() -> str:
     """The CPU model and the kernels torch picks for it: bit-identical results need the same code paths, not only the
     same seed and threads (math libraries choose them, and so their rounding, by CPU; MKL by vendor: README)."""
@@ -647,7 +585,6 @@ def cpu_name() -> str:
             f"(family {info.get('cpu family', '?')} model {info.get('model', '?')} stepping "
             f"{info.get('stepping', '?')}; {' '.join(isa) or 'no avx2'}; torch kernels "
             f"{torch.backends.cpu.get_cpu_capability()})").strip()
-
 
 if __name__ == "__main__":
     train(tyro.cli(Args, description=__doc__.split("\n\n")[0]))

@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import balanced_replay  # noqa: E402
 import conservative_ft  # noqa: E402
 import naive_ft  # noqa: E402
+import offline_data  # noqa: E402
 import td3_bc  # noqa: E402
 
 SYNTHETIC_ID = "bench/hopper/synthetic-v0"
@@ -317,7 +318,7 @@ def build_synthetic_dataset(n_transitions: int) -> None:
 
 def load_into_table(dataset_id: str, online_rows: int):
     """What every script does before training: load_dataset, then the normalized replay table."""
-    data = td3_bc.load_dataset(dataset_id)
+    data = offline_data.load_dataset(dataset_id)
     obs_mean, obs_std = data.obs_mean_std()
     to_dev = lambda x: torch.as_tensor(x, dtype=torch.float32)  # noqa: E731
     table = torch.empty(data.obs.shape[0] + online_rows, 2 * data.obs.shape[1] + data.actions.shape[1] + 2)

@@ -16,7 +16,6 @@ seed, threads and CPU model => the same weights), and runs finetuned from a diff
 from __future__ import annotations
 
 import ast
-import dataclasses
 import json
 import os
 import re

@@ -285,7 +285,7 @@ def test_diff_naive_conservative_shows_only_the_method():
 @pytest.mark.parametrize("argv, message", [
     (["--offline-ratio", "-0.5"], "error: --offline-ratio must be in [0, 1], or -1"),
     (["--offline-ratio", "1.5"], "error: --offline-ratio must be in [0, 1], or -1"),
-    (["--checkpoint", "/nonexistent/ckpt.pt"], "error: checkpoint /nonexistent/ckpt.pt does not exist"),
+    (["--checkpoint", "/nonexistent/ckpt.pt"], "error: cannot read checkpoint /nonexistent/ckpt.pt: FileNotFoundError"),
     (["--online-steps", "-3"], "error: --online-steps must be >= 0, got -3"),
 ])
 def test_bad_input(minari_root, tmp_path, script, argv, message):
