@@ -39,8 +39,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import tyro
-from offline_data import (evaluate, has_reference_scores, load_replay, make_env, make_eval_env, normalized_score,
-                          resolve_dataset_id)
+from offline_data import (collapse_summary, evaluate, has_reference_scores, load_replay, make_env, make_eval_env,
+                          normalized_score, resolve_dataset_id)
 
 
 @dataclasses.dataclass
@@ -779,16 +779,6 @@ def weights_sha256(ckpt: dict) -> str:
             h.update(f"{net}/{key}".encode())
             h.update(ckpt[net][key].detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-def collapse_summary(evals: list[tuple[int, float]], window: int) -> dict:
-    """Policy-collapse statistics from online evaluations [(online step, score), ...] starting at step 0."""
-    step0, lowest = evals[0][1], min((s for t, s in evals if 0 < t <= window), default=None)
-    dip = max(0.0, step0 - lowest) if lowest is not None else 0.0
-    # recovery: steps until the first evaluation at or above the step-0 score after the first one below it
-    first_below = next((t for t, s in evals if t > 0 and s < step0), None)
-    recovery = next((t for t, s in evals if t > first_below and s >= step0), None) if dip > 0 else 0
-    return {"step0_score": step0, "min_score_in_window": lowest, "collapse_window": window, "dip": dip,
-            "recovery_steps": recovery, "final_score": evals[-1][1], "final_step": evals[-1][0]}
 
 def run_metadata(device: torch.device) -> dict:
     def git(*cmd):

@@ -4,7 +4,8 @@ trains on the same replay table and is scored the same way.
 Minari does the storage, downloading, environment recovery and score normalization; this module maps a short env
 name to an official dataset id, turns episodes into (s, a, r, s', terminated) transitions, checks them, puts them on
 the device as one normalized replay table (`load_replay`), scores a policy on the dataset's evaluation environment
-(`evaluate`), and turns the usual failures into one readable line (`SystemExit`, non-zero exit, no traceback).
+(`evaluate`), sums a run's evaluations up as policy-collapse statistics (`collapse_summary`), and turns the usual
+failures into one readable line (`SystemExit`, non-zero exit, no traceback).
 """
 from __future__ import annotations
 
@@ -169,3 +170,14 @@ def evaluate(actor, envs: list, obs_mean, obs_std, seed: int, device) -> np.ndar
             returns[i] += float(r)
             done[i] = terminated or truncated
     return returns
+
+
+def collapse_summary(evals: list[tuple[int, float]], window: int) -> dict:
+    """Policy-collapse statistics (summary.json) from online evaluations [(online step, score), ...] from step 0."""
+    step0, lowest = evals[0][1], min((s for t, s in evals if 0 < t <= window), default=None)
+    dip = max(0.0, step0 - lowest) if lowest is not None else 0.0
+    # recovery: steps until the first evaluation at or above the step-0 score after the first one below it
+    first_below = next((t for t, s in evals if t > 0 and s < step0), None)
+    recovery = next((t for t, s in evals if t > first_below and s >= step0), None) if dip > 0 else 0
+    return {"step0_score": step0, "min_score_in_window": lowest, "collapse_window": window, "dip": dip,
+            "recovery_steps": recovery, "final_score": evals[-1][1], "final_step": evals[-1][0]}

@@ -15,7 +15,7 @@ from conftest import ALGOS
 ALL = ("td3_bc", "naive_ft", "conservative_ft", "balanced_replay")
 BANNER = "# --- run files: identical in every script (tests/test_shared_code.py) ---"
 BELOW_BANNER = ("CHECKPOINT_FORMAT", "Run", "check_flags", "start", "prepare", "rng_state", "restore", "atomic_save",
-                "load_checkpoint", "weights_sha256", "collapse_summary", "run_metadata", "cpu_name")
+                "load_checkpoint", "weights_sha256", "run_metadata", "cpu_name")
 SHARED = {  # name -> the scripts that hold an identical copy
     **{name: ALL for name in ("EnsembleLinear", "Critic", *BELOW_BANNER)},
     # balanced replay samples from its sum tree instead, its actor is an ensemble (EnsembleActor), and its
