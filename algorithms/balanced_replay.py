@@ -2,22 +2,17 @@
 prioritized by a learned density ratio d_online / d_offline (Lee, Seo, Lee, Abbeel & Shin, "Offline-to-Online
 Reinforcement Learning via Balanced Replay and Pessimistic Q-Ensemble", CoRL 2021, arXiv 2107.00591).
 
-Details follow the authors' code (shlee94/Off2OnRL); README.md, "Balanced replay", lists them with their flags:
-- one prioritized buffer (every offline transition, a ring of --online-capacity online ones), sampled in proportion
-  to priority through a sum tree on the device, stratified, without importance weights;
-- a density-ratio network w(s, a) ~ d_online / d_offline, trained every step with the Jensen-Shannon loss
-  L_w = mean_off[-log(2 / (w + 1) + eps)] - mean_on[log(2 w / (w + 1) + eps)] on 256 online + 256 offline rows;
-- the sampled batch's new priorities w^(1/T) / mean_offline_batch(w^(1/T)), clamped to [1e-3, 1e3], from the
-  estimator before its update; new online rows enter at the running maximum, max_0 = M f / ((1 - f) 1000);
-- --warmup-online-steps with the pretrained policy, then --warmup-updates updates, then one per environment step.
+Details follow the authors' code (shlee94/Off2OnRL; README.md, "Balanced replay", lists them with their flags): one
+prioritized buffer (all offline rows, a ring of --online-capacity online ones) sampled through a sum tree on the
+device (SumTree), priorities w^(1/T) from a density-ratio network w ~ d_online / d_offline (DensityRatio), and
+--warmup-online-steps with the pretrained policy, then --warmup-updates updates, then one per environment step.
 Pessimistic Q-ensemble, our TD3 reading of the authors' SAC ensemble of N = --ensemble-size agents:
     acting:  a(s) = mean_i pi_i(s)
     target:  y_i = r + gamma (1 - d) min(Q'_i1, Q'_i2)(s', a'),  a' = clip(mean_i pi'_i(s') + clip(eps))
     critic:  sum_i [MSE(Q_i1, y_i) + MSE(Q_i2, y_i)]   on one shared prioritized batch
     actor:   maximize mean_i min(Q_i1, Q_i2)(s, a(s))   through the mean action (the members' actors train jointly)
 Every member keeps its own twin critics, targets and Adam moments, all batched (one matmul per layer for all
-members); N = 1 is balanced replay alone. Logged besides naive_ft.py's diagnostics: w_offline, w_online,
-online_share, ratio_loss, updates and q_std (the std over members of min(Q_i1, Q_i2)(s, a(s))).
+members); N = 1 is balanced replay alone. README.md lists what metrics.csv logs besides naive_ft.py's columns.
 """
 import copy
 import csv
@@ -320,9 +315,8 @@ def ensemble_diagnostics(replay, n_off: int, n_on: int, obs_dim: int, actor, cri
     """naive_ft.py's collapse diagnostics for the ensemble (q_pi_*: mean_i min(Q_i1, Q_i2)(s, a(s)), the actor's
     objective), and q_std: the members' disagreement, the std over members of min(Q_i1, Q_i2)(s, a(s))."""
     with torch.no_grad():
-        s_off = replay[torch.randint(n_off, (1024,), device=replay.device, generator=gen), :obs_dim]
-        s_on = replay[n_off + torch.randint(n_on, (1024,), device=replay.device, generator=gen), :obs_dim]
-        s = torch.cat([s_off, s_on])
+        s = replay[torch.cat([torch.randint(n_off, (1024,), device=replay.device, generator=gen),  # offline, online
+                              n_off + torch.randint(n_on, (1024,), device=replay.device, generator=gen)]), :obs_dim]
         pi = actor(s)  # the ensemble's action
         q_pi = critic(s, pi).view(2, actor.n, -1).min(0).values  # min(Q_i1, Q_i2)(s, a(s)), (N, 2048)
         return {"pi_dist": float((pi - pretrained_actor(s)).norm(dim=-1).mean()),
@@ -437,10 +431,8 @@ def train(args: Args) -> None:
     NETS = ("actor", "critic", "actor_target", "critic_target", "actor_opt", "critic_opt")
     ensemble = lambda n, saved=None: networks(n, obs_dim, act_dim, max_action, args, device, saved)  # noqa: E731
     members = state["members"] if state else [agent_part(agent) for agent in agents]
-    if state:
-        nets = ensemble(args.ensemble_size if state["phase"] == "online" else n_pre, state)
-    else:
-        nets = ensemble(n_pre) if n_pre else ensemble(args.ensemble_size, stack_members(members))
+    nets = (ensemble(args.ensemble_size if state["phase"] == "online" else n_pre, state) if state else
+            ensemble(n_pre) if n_pre else ensemble(args.ensemble_size, stack_members(members)))
     actor, critic, actor_target, critic_target, actor_opt, critic_opt = nets
     pretrained_actor = None  # pi_0: a frozen copy of the ensemble's actors when the online phase starts
     if state and state["pretrained_actor"] is not None:
@@ -538,19 +530,17 @@ def train(args: Args) -> None:
                 batch = replay[idx].split(split, dim=1)
                 info = update(updates_done, batch, actor, actor_target, critic, critic_target, actor_opt, critic_opt,
                               args, offline=False)
-                off = replay[torch.randint(n_off, (args.ratio_batch_size,), device=device)].split(split, dim=1)
-                on = replay[n_off + torch.randint(min(n_on, capacity), (args.ratio_batch_size,), device=device)]
-                priority, stats = update_ratio_and_priorities(weight_net, weight_opt, tree, idx, batch, off,
-                                                              on.split(split, dim=1), args)
+                off, on = (replay[i0 + torch.randint(n, (args.ratio_batch_size,), device=device)].split(split, dim=1)
+                           for i0, n in ((0, n_off), (n_off, min(n_on, capacity))))  # the estimator's: offline, online
+                priority, stats = update_ratio_and_priorities(weight_net, weight_opt, tree, idx, batch, off, on, args)
                 max_priority = torch.maximum(max_priority, priority.max().to(torch.float64))
                 run.add({**info, **stats, "online_share": (idx >= n_off).float().mean()})
             evaluated = step % args.eval_every == 0 or step == args.online_steps  # evaluate, then checkpoint
             if evaluated or step % args.log_every == 0:  # a metrics row, with the collapse diagnostics
                 row = run.row("online", step, {
                     **ensemble_diagnostics(replay, n_off, min(n_on, capacity), obs_dim, actor, critic, pretrained_actor,
-                                           gen),
-                    "train_return": float(np.mean(recent_returns)) if recent_returns else None,
-                    "updates": updates_done})
+                                           gen), "updates": updates_done,
+                    "train_return": float(np.mean(recent_returns)) if recent_returns else None})
                 recent_returns = []
                 returns = evaluate(actor, eval_envs, obs_mean, obs_std, args.seed, device) if evaluated else None
                 run.write(row, args.online_steps, returns, checkpoint("online", step) if evaluated else None)
@@ -587,10 +577,9 @@ class Run:
         self.last_checkpoint = f"{state['phase']} step {state['step']}" if state else None
         self.start, self.t_last = time.perf_counter() - run["elapsed_s"], time.perf_counter()
         print(f"{script} on {args.dataset_id}: {len(data.obs)} offline transitions, device {device}, "
-              f"{torch.get_num_threads()} threads, run dir {run_dir}", flush=True)
-        if not has_reference_scores(data.dataset):
-            print(f"note: {args.dataset_id} has no reference scores: every score here (progress, eval_score, "
-                  f"episodes.csv, summary.json) is a raw return", flush=True)
+              f"{torch.get_num_threads()} threads, run dir {run_dir}" + ("" if has_reference_scores(data.dataset) else
+              f"\nnote: {args.dataset_id} has no reference scores: every score here (progress, eval_score, "
+              f"episodes.csv, summary.json) is a raw return"), flush=True)
 
     def add(self, info: dict) -> None:
         for k, v in info.items():  # device tensors: no host sync
@@ -798,9 +787,8 @@ def run_metadata(device: torch.device) -> dict:
 def cpu_name() -> str:
     """The CPU model and the kernels torch picks for it: bit-identical results need the same code paths, not only the
     same seed and threads (math libraries choose them, and so their rounding, by CPU; MKL by vendor: README)."""
-    cpuinfo = Path("/proc/cpuinfo")  # the first processor's block (Linux)
-    info = dict(map(str.strip, line.split(":", 1)) for line in (cpuinfo.read_text().split("\n\n")[0].splitlines()
-                                                                 if cpuinfo.exists() else []) if ":" in line)
+    block = Path("/proc/cpuinfo").read_text().split("\n\n")[0] if Path("/proc/cpuinfo").exists() else ""  # Linux
+    info = dict(map(str.strip, line.split(":", 1)) for line in block.splitlines() if ":" in line)
     isa = [f for f in ("avx2", "avx512f", "avx512_fp16", "amx_tile") if f in info.get("flags", "").split()]
     return (f"{info.get('vendor_id', '')} {info.get('model name') or platform.processor() or platform.machine()} "
             f"(family {info.get('cpu family', '?')} model {info.get('model', '?')} stepping "

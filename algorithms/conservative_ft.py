@@ -10,11 +10,10 @@ to TD3 and proposes "conservative policy optimization" without its equations (RE
 
 The trust region holds pi near pi_0 while the critic is still wrong about actions the data never covered; beta decays,
 so finetuning becomes TD3-like; lambda makes beta mean the same across reward scales. Replay: every batch half
-offline, half online (`--offline-ratio 0.5`). --beta-rule (OUR READINGS): fixed is the schedule above; otherwise
-log beta_t += --beta-lr * (signal / --beta-target - 1) per actor update, within [--beta-end, --beta-start], where the
-signal is returns: a training return's fall below their running average (Zhao et al. 2022); disagreement: |Q1 - Q2|
-at (s, pi(s)) over that at (s, a); td: the online rows' TD error over the offline rows'. Everything else is
-line-for-line naive_ft.py (`diff algorithms/naive_ft.py algorithms/conservative_ft.py` shows only the method).
+offline, half online (`--offline-ratio 0.5`). --beta-rule td (OUR READING) replaces the schedule: log beta_t +=
+--beta-lr * (signal / --beta-target - 1) per actor update, within [--beta-end, --beta-start], the signal being the
+batch's online rows' TD error over its offline rows'. Everything else is line-for-line naive_ft.py (`diff
+algorithms/naive_ft.py algorithms/conservative_ft.py` shows only the method).
 """
 import copy
 import csv
@@ -69,11 +68,11 @@ class Args:
     beta_decay_steps: int = 100_000
     """online steps over which beta_t decays linearly from --beta-start to --beta-end (0: --beta-end at once)"""
     beta_rule: str = "fixed"
-    """how beta_t moves: fixed (the linear schedule), or adapting to a signal: returns, disagreement or td"""
+    """how beta_t moves: fixed (the linear schedule) or td (adapting to the online rows' TD error over the offline's)"""
     beta_lr: float = 3e-3
-    """adaptive rules: log beta_t += beta_lr * (signal / target - 1) per actor update (returns: per episode)"""
+    """--beta-rule td: log beta_t += beta_lr * (signal / --beta-target - 1) per actor update"""
     beta_target: float | None = None
-    """adaptive rules: the signal's set point; default returns 0.5, disagreement 1.5, td 2"""
+    """--beta-rule td: the signal's set point (default 2)"""
     anchor_tau: float = 0.0
     """the trust region's centre: 0 keeps the frozen pi_0; tau > 0 moves it, pi_ref <- pi_ref + tau (pi - pi_ref)"""
     expl_noise: float = 0.1
@@ -121,10 +120,10 @@ def validate(args: Args) -> None:
                          f"got {args.offline_ratio}")
     if not 0.0 <= args.anchor_tau <= 1.0:
         raise SystemExit(f"error: --anchor-tau must be in [0, 1], got {args.anchor_tau}")
-    if args.beta_rule not in ("fixed", "returns", "disagreement", "td") or args.beta_rule != "fixed" and not (
-            0 < args.beta_end <= args.beta_start and (args.beta_rule != "td" or 0 < args.offline_ratio < 1)):
-        raise SystemExit(f"error: --beta-rule {args.beta_rule}: the rules are fixed, returns, disagreement, td; an "
-                         f"adaptive one needs 0 < --beta-end <= --beta-start, td also 0 < --offline-ratio < 1")
+    if args.beta_rule not in ("fixed", "td") or args.beta_rule == "td" and not (
+            0 < args.beta_end <= args.beta_start and 0 < args.offline_ratio < 1):
+        raise SystemExit(f"error: --beta-rule {args.beta_rule}: the rules are fixed and td; td needs 0 < --beta-end <= "
+                         f"--beta-start and 0 < --offline-ratio < 1")
 
 
 # ---------------------------------------------------------------------------------------------- networks
@@ -195,19 +194,12 @@ def beta_schedule(step: int, args) -> float:
     return args.beta_start + frac * (args.beta_end - args.beta_start)
 
 
-def adapt_beta(log_beta: torch.Tensor, signal, updates: int, args):
-    """log beta_t += --beta-lr * updates * (signal - 1), kept in [log --beta-end, log --beta-start]; no host sync."""
-    log_beta.add_((signal - 1) * (args.beta_lr * updates)).clamp_(math.log(args.beta_end), math.log(args.beta_start))
-    return signal
-
-
 def diagnostics(replay, n_off: int, n_on: int, obs_dim: int, actor, critic, pretrained_actor, gen) -> dict:
     """Collapse diagnostics on 1024 fresh offline and 1024 online states (drawn with their own RNG): mean
     ||pi(s) - pi_0(s)|| and mean Q1(s, pi(s)) on each half."""
     with torch.no_grad():
-        s_off = replay[torch.randint(n_off, (1024,), device=replay.device, generator=gen), :obs_dim]
-        s_on = replay[n_off + torch.randint(n_on, (1024,), device=replay.device, generator=gen), :obs_dim]
-        s = torch.cat([s_off, s_on])
+        s = replay[torch.cat([torch.randint(n_off, (1024,), device=replay.device, generator=gen),  # offline, online
+                              n_off + torch.randint(n_on, (1024,), device=replay.device, generator=gen)]), :obs_dim]
         pi = actor(s)
         q_pi = critic(s, pi, n=1)[0]
         return {"pi_dist": float((pi - pretrained_actor(s)).norm(dim=-1).mean()),
@@ -253,14 +245,11 @@ def update(step: int, batch, actor, actor_target, critic, critic_target, actor_o
             torch._foreach_lerp_(list(critic_target.parameters()), list(critic.parameters()), args.tau)
             if not offline and args.anchor_tau > 0:  # pi_ref <- pi_ref + tau_ref * (pi - pi_ref)
                 torch._foreach_lerp_(list(anchor.parameters()), list(actor.parameters()), args.anchor_tau)
-            if not offline and args.beta_rule in ("disagreement", "td"):  # beta_t follows its signal (docstring)
-                if args.beta_rule == "disagreement":  # |Q1 - Q2| at (s, pi(s)) over |Q1 - Q2| at the batch's (s, a)
-                    q_pi = critic(obs, pi)  # both twins: a forward pass only this rule pays
-                    signal = (q_pi[0] - q_pi[1]).abs().mean() / (q[0] - q[1]).abs().mean()
-                else:  # td: the signal is mean TD error^2 of the online rows over the offline rows (first in a batch)
-                    td2, k = ((q - target_q) ** 2).mean(0), round(args.offline_ratio * len(obs))
-                    signal = td2[k:].mean() / td2[:k].mean()
-                info["beta_signal"] = adapt_beta(log_beta, signal / args.beta_target, 1, args)
+            if not offline and args.beta_rule == "td":  # signal: mean TD error^2 of the online rows over the offline's
+                td2, k = ((q - target_q) ** 2).mean(0), round(args.offline_ratio * len(obs))  # offline rows come first
+                info["beta_signal"] = ratio = td2[k:].mean() / td2[:k].mean() / args.beta_target  # signal / target
+                # log beta_t += --beta-lr * (signal / target - 1), kept in [log --beta-end, log --beta-start]
+                log_beta.add_((ratio - 1) * args.beta_lr).clamp_(math.log(args.beta_end), math.log(args.beta_start))
         info.update(actor_loss=actor_loss.detach(), reg_loss=reg_loss.detach(), lmbda=lmbda)
     return info
 
@@ -276,7 +265,7 @@ def train(args: Args) -> None:
         args, script, ckpt["dataset_id"] if ckpt else requested or resolve_dataset_id("hopper", None),
         offline_steps=(0 if ckpt else 1_000_000) if args.offline_steps is None else args.offline_steps,
         hidden=ckpt["args"]["hidden"] if ckpt else args.hidden, beta_target=args.beta_target or
-        {"returns": 0.5, "disagreement": 1.5, "td": 2.0}.get(args.beta_rule))
+        (2.0 if args.beta_rule == "td" else None))
 
     # data on the device: one replay table, the offline rows first, then room for every online transition
     n_on, capacity = 0, args.online_steps
@@ -308,8 +297,8 @@ def train(args: Args) -> None:
         pretrained_actor.load_state_dict(state["pretrained_actor"])
         anchor = copy.deepcopy(pretrained_actor) if args.anchor_tau > 0 else pretrained_actor
         anchor.load_state_dict(state["anchor"] or state["pretrained_actor"])
-    rule = (state or {}).get("beta_rule") or {"log_beta": torch.tensor(float(args.beta_start)).log(), "ret_avg": None}
-    log_beta, ret_avg = rule["log_beta"].to(device), rule["ret_avg"]  # adaptive rules: log beta_t, returns' average
+    log_beta = (state["beta_rule"]["log_beta"] if state and state["beta_rule"] else  # --beta-rule td: log beta_t
+                torch.tensor(float(args.beta_start)).log()).to(device)
 
     columns = ["phase", "step", "critic_loss", "actor_loss", "reg_loss", "q_mean", "lmbda", "pi_dist",
                "q_pi_offline", "q_pi_online", "beta", "train_return", "eval_return", "eval_return_std", "eval_score",
@@ -323,7 +312,7 @@ def train(args: Args) -> None:
                 "actor_opt": actor_opt.state_dict(), "critic_opt": critic_opt.state_dict(),
                 "pretrained_actor": pretrained_actor.state_dict() if pretrained_actor else None, "rng": rng_state(gen),
                 "anchor": anchor.state_dict() if anchor is not pretrained_actor else None,
-                "beta_rule": {"log_beta": log_beta, "ret_avg": ret_avg} if args.beta_rule != "fixed" else None,
+                "beta_rule": {"log_beta": log_beta} if args.beta_rule != "fixed" else None,
                 "run": {"n_on": n_on, "online_rows": replay[n_off:n_off + min(n_on, capacity)].to("cpu", copy=True),
                         "obs": obs_t, "ep_return": ep_return, "episode": episode, "recent_returns": recent_returns,
                         "reset_state": reset_state}}
@@ -375,11 +364,6 @@ def train(args: Args) -> None:
             if terminated or truncated:
                 run.episode(step, ep_return, len(episode))
                 recent_returns.append(ep_return)
-                if args.beta_rule == "returns":  # a return below the running average raises beta_t, above lowers it
-                    fall = 0.0 if ret_avg is None else (ret_avg - ep_return) / (args.beta_target * abs(ret_avg) + 1e-8)
-                    signal = adapt_beta(log_beta, 1 + max(-1.0, min(1.0, fall)), len(episode) // args.policy_freq, args)
-                    run.add({"beta_signal": signal})
-                    ret_avg = ep_return if ret_avg is None else ret_avg + 0.2 * (ep_return - ret_avg)  # EMA, rate 0.2
                 reset_state = env.unwrapped.np_random.bit_generator.state  # how the next episode starts (--resume)
                 obs_t, ep_return, episode = to_dev((env.reset()[0] - obs_mean) / obs_std), 0.0, []
             beta = beta_schedule(step, args) if args.beta_rule == "fixed" else log_beta.exp()  # beta_t
@@ -427,10 +411,9 @@ class Run:
         self.last_checkpoint = f"{state['phase']} step {state['step']}" if state else None
         self.start, self.t_last = time.perf_counter() - run["elapsed_s"], time.perf_counter()
         print(f"{script} on {args.dataset_id}: {len(data.obs)} offline transitions, device {device}, "
-              f"{torch.get_num_threads()} threads, run dir {run_dir}", flush=True)
-        if not has_reference_scores(data.dataset):
-            print(f"note: {args.dataset_id} has no reference scores: every score here (progress, eval_score, "
-                  f"episodes.csv, summary.json) is a raw return", flush=True)
+              f"{torch.get_num_threads()} threads, run dir {run_dir}" + ("" if has_reference_scores(data.dataset) else
+              f"\nnote: {args.dataset_id} has no reference scores: every score here (progress, eval_score, "
+              f"episodes.csv, summary.json) is a raw return"), flush=True)
 
     def add(self, info: dict) -> None:
         for k, v in info.items():  # device tensors: no host sync
@@ -638,9 +621,8 @@ def run_metadata(device: torch.device) -> dict:
 def cpu_name() -> str:
     """The CPU model and the kernels torch picks for it: bit-identical results need the same code paths, not only the
     same seed and threads (math libraries choose them, and so their rounding, by CPU; MKL by vendor: README)."""
-    cpuinfo = Path("/proc/cpuinfo")  # the first processor's block (Linux)
-    info = dict(map(str.strip, line.split(":", 1)) for line in (cpuinfo.read_text().split("\n\n")[0].splitlines()
-                                                                 if cpuinfo.exists() else []) if ":" in line)
+    block = Path("/proc/cpuinfo").read_text().split("\n\n")[0] if Path("/proc/cpuinfo").exists() else ""  # Linux
+    info = dict(map(str.strip, line.split(":", 1)) for line in block.splitlines() if ":" in line)
     isa = [f for f in ("avx2", "avx512f", "avx512_fp16", "amx_tile") if f in info.get("flags", "").split()]
     return (f"{info.get('vendor_id', '')} {info.get('model name') or platform.processor() or platform.machine()} "
             f"(family {info.get('cpu family', '?')} model {info.get('model', '?')} stepping "

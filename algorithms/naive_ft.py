@@ -167,9 +167,8 @@ def diagnostics(replay, n_off: int, n_on: int, obs_dim: int, actor, critic, pret
     """Collapse diagnostics on 1024 fresh offline and 1024 online states (drawn with their own RNG): mean
     ||pi(s) - pi_0(s)|| and mean Q1(s, pi(s)) on each half."""
     with torch.no_grad():
-        s_off = replay[torch.randint(n_off, (1024,), device=replay.device, generator=gen), :obs_dim]
-        s_on = replay[n_off + torch.randint(n_on, (1024,), device=replay.device, generator=gen), :obs_dim]
-        s = torch.cat([s_off, s_on])
+        s = replay[torch.cat([torch.randint(n_off, (1024,), device=replay.device, generator=gen),  # offline, online
+                              n_off + torch.randint(n_on, (1024,), device=replay.device, generator=gen)]), :obs_dim]
         pi = actor(s)
         q_pi = critic(s, pi, n=1)[0]
         return {"pi_dist": float((pi - pretrained_actor(s)).norm(dim=-1).mean()),
@@ -363,10 +362,9 @@ class Run:
         self.last_checkpoint = f"{state['phase']} step {state['step']}" if state else None
         self.start, self.t_last = time.perf_counter() - run["elapsed_s"], time.perf_counter()
         print(f"{script} on {args.dataset_id}: {len(data.obs)} offline transitions, device {device}, "
-              f"{torch.get_num_threads()} threads, run dir {run_dir}", flush=True)
-        if not has_reference_scores(data.dataset):
-            print(f"note: {args.dataset_id} has no reference scores: every score here (progress, eval_score, "
-                  f"episodes.csv, summary.json) is a raw return", flush=True)
+              f"{torch.get_num_threads()} threads, run dir {run_dir}" + ("" if has_reference_scores(data.dataset) else
+              f"\nnote: {args.dataset_id} has no reference scores: every score here (progress, eval_score, "
+              f"episodes.csv, summary.json) is a raw return"), flush=True)
 
     def add(self, info: dict) -> None:
         for k, v in info.items():  # device tensors: no host sync
@@ -574,9 +572,8 @@ def run_metadata(device: torch.device) -> dict:
 def cpu_name() -> str:
     """The CPU model and the kernels torch picks for it: bit-identical results need the same code paths, not only the
     same seed and threads (math libraries choose them, and so their rounding, by CPU; MKL by vendor: README)."""
-    cpuinfo = Path("/proc/cpuinfo")  # the first processor's block (Linux)
-    info = dict(map(str.strip, line.split(":", 1)) for line in (cpuinfo.read_text().split("\n\n")[0].splitlines()
-                                                                 if cpuinfo.exists() else []) if ":" in line)
+    block = Path("/proc/cpuinfo").read_text().split("\n\n")[0] if Path("/proc/cpuinfo").exists() else ""  # Linux
+    info = dict(map(str.strip, line.split(":", 1)) for line in block.splitlines() if ":" in line)
     isa = [f for f in ("avx2", "avx512f", "avx512_fp16", "amx_tile") if f in info.get("flags", "").split()]
     return (f"{info.get('vendor_id', '')} {info.get('model name') or platform.processor() or platform.machine()} "
             f"(family {info.get('cpu family', '?')} model {info.get('model', '?')} stepping "
