@@ -530,8 +530,8 @@ def train(args: Args) -> None:
                 batch = replay[idx].split(split, dim=1)
                 info = update(updates_done, batch, actor, actor_target, critic, critic_target, actor_opt, critic_opt,
                               args, offline=False)
-                off, on = (replay[i0 + torch.randint(n, (args.ratio_batch_size,), device=device)].split(split, dim=1)
-                           for i0, n in ((0, n_off), (n_off, min(n_on, capacity))))  # the estimator's: offline, online
+                off, on = (replay[torch.randint(lo, hi, (args.ratio_batch_size,), device=device)].split(split, dim=1)
+                           for lo, hi in ((0, n_off), (n_off, n_off + min(n_on, capacity))))  # the estimator's batches
                 priority, stats = update_ratio_and_priorities(weight_net, weight_opt, tree, idx, batch, off, on, args)
                 max_priority = torch.maximum(max_priority, priority.max().to(torch.float64))
                 run.add({**info, **stats, "online_share": (idx >= n_off).float().mean()})
