@@ -19,6 +19,7 @@ import copy
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -35,8 +36,8 @@ import torch
 import torch.nn as nn
 import tyro
 
-from offline_data import (collapse_summary, evaluate, has_reference_scores, load_replay, make_env, make_eval_env,
-                          normalized_score, resolve_dataset_id)
+from offline_data import (check, collapse_summary, evaluate, has_reference_scores, load_checkpoint, load_replay,
+                          make_env, make_eval_env, normalized_score, resolve_dataset_id)
 
 
 @dataclasses.dataclass
@@ -257,7 +258,8 @@ def update(step: int, batch, actor, actor_target, critic, critic_target, actor_o
 # ---------------------------------------------------------------------------------------------- training
 def train(args: Args) -> None:
     script = Path(__file__).stem
-    args, saved, state = start(args, script)  # state: the last checkpoint of a run continued with --resume
+    # state: the last checkpoint of a run continued with --resume (its fields checked, the anchor's and beta's too)
+    args, saved, state = start(args, script, {"anchor": dict | None, "beta_rule": dict | None})
     validate(args)
     requested = resolve_dataset_id(args.env, args.dataset_id) if args.env or args.dataset_id else None
     ckpt = state or (load_checkpoint(args.checkpoint, requested) if args.checkpoint else None)
@@ -303,8 +305,6 @@ def train(args: Args) -> None:
     columns = ["phase", "step", "critic_loss", "actor_loss", "reg_loss", "q_mean", "lmbda", "pi_dist",
                "q_pi_offline", "q_pi_online", "beta", "train_return", "eval_return", "eval_return_std", "eval_score",
                "updates_per_s", "elapsed_s", "beta_signal"]
-    run = Run(run_dir, columns, args, script, saved, state, device, data,  # args.json: the agent a new run starts from
-              checkpoint_sha256=weights_sha256(ckpt) if ckpt and not state else None)
 
     def checkpoint(phase: str, step: int) -> dict:  # all the rest of the run depends on (Run.write adds the files)
         return {"args": dataclasses.asdict(args), **about, "actor": actor.state_dict(), "critic": critic.state_dict(),
@@ -322,6 +322,8 @@ def train(args: Args) -> None:
     # metrics row, the env's RNG state before the current episode's reset (None: the first, seeded reset)
     n_on, obs_t, ep_return, episode, recent_returns, reset_state = restore(
         state, env, replay, n_off, gen, lambda o: to_dev((o - obs_mean) / obs_std), run_dir)
+    run = Run(run_dir, columns, args, script, saved, state, device, data,  # args.json: the agent a new run starts from
+              checkpoint_sha256=weights_sha256(ckpt) if ckpt and not state else None)
     off_done = state["step"] if state and state["phase"] == "offline" else args.offline_steps if state else 0
     on_done = state["step"] if state and state["phase"] == "online" else None  # None: the online phase has not begun
 
@@ -382,7 +384,7 @@ def train(args: Args) -> None:
 
 
 # --- run files: identical in every script (tests/test_shared_code.py) ---------------------------------------------
-CHECKPOINT_FORMAT = 3  # --resume continues this format only; --checkpoint reads the weights of any format
+CHECKPOINT_FORMAT = 4  # --resume continues this format only; --checkpoint reads the weights of any format
 
 class Run:
     """The run directory: args.json, metrics.csv (a row every --log-every steps: each value's mean since the last
@@ -390,21 +392,32 @@ class Run:
 
     def __init__(self, run_dir: Path, columns: list[str], args, script: str, saved, state, device, data, **agents):
         run_dir.mkdir(parents=True, exist_ok=bool(args.resume))
+        self.lock = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT)  # one process per run directory, until it ends
+        try:
+            os.lockf(self.lock, os.F_TLOCK, 0)
+        except OSError:
+            raise SystemExit(f"error: {run_dir} is in use by process {(run_dir / '.lock').read_text()}") from None
+        os.ftruncate(self.lock, 0), os.write(self.lock, str(os.getpid()).encode())
+        run = state["run"] if state else {"files": {}, "evals": [], "elapsed_s": 0.0}
+        for name, (size, sha256) in run["files"].items():  # nothing is written before the CSVs match the checkpoint
+            head = (run_dir / name).read_bytes()[:size] if (run_dir / name).exists() else b""
+            if hashlib.sha256(head).hexdigest() != sha256:
+                raise SystemExit(f"error: --resume {run_dir}: {name} is not what its checkpoint recorded (" +
+                                 (f"{len(head)} bytes, not {size})" if len(head) < size else "its bytes changed)"))
+        if saved and not state and any(saved.get(k) != v for k, v in agents.items()):  # killed before a checkpoint
+            raise SystemExit(f"error: --resume {run_dir}: --checkpoint {args.checkpoint} holds other weights than "
+                             f"those args.json recorded (sha256); restore that file or start a new run")
         if saved:  # the run's args stay as they were; each resume adds when, where from, with which code
             saved["resumes"].append({"from": f"{state['phase']} step {state['step']}" if state else "the start",
                                      "meta": run_metadata(device)})
         info = saved or {"algorithm": script, "args": dataclasses.asdict(args), "meta": run_metadata(device),
                          "resumes": [], **agents}
         atomic_save(run_dir / "args.json", json.dumps(info, indent=2))
-        run = state["run"] if state else {"files": {}, "evals": [], "elapsed_s": 0.0}
         self.dir, self.script, self.dataset, self.evals = run_dir, script, data.dataset, run["evals"]
         self.files = []  # new, or cut back to the sizes the checkpoint recorded (rows after it are dropped)
         for name, header in (("metrics.csv", columns), ("episodes.csv", ["step", "return", "length", "score"])):
-            path, size = run_dir / name, run["files"].get(name)
-            if size is not None and (not path.exists() or path.stat().st_size < size):
-                raise SystemExit(f"error: {path} is shorter than its checkpoint records: the run directory is "
-                                 f"incomplete")
-            self.files.append(open(path, "w" if size is None else "a", newline=""))
+            size = run["files"].get(name, [None])[0]
+            self.files.append(open(run_dir / name, "w" if size is None else "a", newline=""))
             self.files[-1].truncate(size) if size is not None else csv.writer(self.files[-1]).writerow(header)
         self.metrics, self.episodes = csv.DictWriter(self.files[0], columns), csv.writer(self.files[1])
         self.sums, self.counts, self.row_from = {}, {}, state["step"] + 1 if state else 1
@@ -450,12 +463,14 @@ class Run:
                        eval_score=float(normalized_score(self.dataset, returns).mean()))
             self.evals += [(step, row["eval_score"])] if phase == "online" else []
         self.metrics.writerow({**row, "elapsed_s": now - self.start})
-        self.files[1].flush()
-        if checkpoint is not None:  # metrics.csv and episodes.csv reach the disk before it records their sizes
+        try:  # every row reaches the file; before a checkpoint records the CSVs (size, sha256), the disk
             for f in self.files:
-                f.flush()
-                os.fsync(f.fileno())
-            checkpoint["run"].update(files={Path(f.name).name: os.path.getsize(f.name) for f in self.files},
+                f.flush(), os.fsync(f.fileno()) if checkpoint is not None else None
+        except OSError as e:
+            raise SystemExit(f"error: cannot write {f.name}: {e.strerror}; the last checkpoint is intact") from None
+        if checkpoint is not None:
+            csvs = {Path(f.name).name: Path(f.name).read_bytes() for f in self.files}
+            checkpoint["run"].update(files={k: [len(b), hashlib.sha256(b).hexdigest()] for k, b in csvs.items()},
                                      evals=self.evals, elapsed_s=time.perf_counter() - self.start)
             atomic_save(self.dir / "checkpoint.pt", {"format": CHECKPOINT_FORMAT, "algorithm": self.script,
                                                      "phase": phase, "step": step, **checkpoint})
@@ -490,8 +505,9 @@ def check_flags(args, at_least_0: tuple[str, ...], above_0: tuple[str, ...]) -> 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda, but torch sees no CUDA device")
 
-def start(args, script: str):
-    """With --resume: the run's Args (from its args.json; a flag given here must agree), args.json, last checkpoint."""
+def start(args, script: str, fields: dict | None = None):
+    """With --resume: the run's Args (from its args.json; a flag given here must agree), args.json, last checkpoint
+    (each field checked before use, the script's own `fields` too)."""
     if not args.resume:
         return args, None, None
     run_dir, where = Path(args.resume), f"error: --resume {args.resume}:"
@@ -500,16 +516,15 @@ def start(args, script: str):
     except (OSError, ValueError) as e:
         raise SystemExit(f"{where} " + ("no run there (no args.json)" if isinstance(e, OSError) else
                                         "its args.json is not valid JSON (truncated?)")) from None
-    made_by = saved.get("algorithm") if isinstance(saved, dict) else None
-    if made_by != script:
-        raise SystemExit(f"{where} that run was made by {made_by}.py; resume it with {made_by}.py" if made_by else
-                         f"{where} not a resumable run (written by an older version of these scripts, or by another "
-                         f"program); continue its weights with --checkpoint instead")
-    try:
-        base = dataclasses.replace(type(args)(**{k: tuple(v) if isinstance(v, list) else v
-                                                 for k, v in saved["args"].items()}), resume=args.resume)
-    except TypeError as e:
-        raise SystemExit(f"{where} its args.json does not fit this script's flags ({e})") from None
+    check(f"{where} its args.json", saved, {"algorithm": str})
+    if saved["algorithm"] != script:
+        raise SystemExit(f"{where} that run was made by {saved['algorithm']}.py; resume it with that script")
+    flags = {f.name: list if hasattr(f.type, "__origin__") else f.type for f in dataclasses.fields(args)}  # tuple: list
+    check(f"{where} its args.json", saved, {"args": flags, "resumes": list, "meta": dict})
+    if saved["args"].keys() - flags.keys():
+        raise SystemExit(f"{where} its args.json has flags this script lacks: {sorted(saved['args'].keys() - flags)}")
+    base = dataclasses.replace(type(args)(**{k: tuple(v) if isinstance(v, list) else v
+                                             for k, v in saved["args"].items()}), resume=args.resume)
     merged = tyro.cli(type(args), default=base, description=__doc__.split("\n\n")[0])
     for f in dataclasses.fields(merged):
         if getattr(merged, f.name) != getattr(base, f.name):
@@ -520,6 +535,12 @@ def start(args, script: str):
     if state and (state.get("format"), state.get("algorithm")) != (CHECKPOINT_FORMAT, script):
         raise SystemExit(f"{where} its checkpoint is format {state.get('format', 1)} of {state.get('algorithm')}, "
                          f"this script resumes format {CHECKPOINT_FORMAT} of {script}")
+    tensor, fields = torch.Tensor, fields or {}  # the fields every script reads back, then the script's own
+    check(f"{where} its checkpoint", state, {"phase": str, "step": int, "pretrained_actor": dict | None, **fields,
+          "rng": {"python": tuple, "numpy": tuple, "torch": tensor, "diagnostics": tensor}, "run": {
+              "n_on": int, "online_rows": tensor, "obs": tensor | None, "ep_return": float, "episode": list,
+              "recent_returns": list, "reset_state": dict | None, "files": dict, "evals": list, "elapsed_s": float,
+              **fields.get("run", {})}}) if state else None
     return merged, saved, state
 
 def prepare(args, script: str, dataset_id: str, **resolved):
@@ -527,6 +548,8 @@ def prepare(args, script: str, dataset_id: str, **resolved):
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     run_name = args.run_name or f"{dataset_id.replace('/', '-')}__{script}__{args.seed}__{int(time.time())}"
+    if run_name in (".", "..") or Path(run_name).name != run_name:
+        raise SystemExit(f"error: --run-name must be one folder name (no / or ..), got {run_name!r}; see --runs-dir")
     run_dir = Path(args.resume or Path(args.runs_dir) / run_name)
     if run_dir.exists() and not args.resume:
         raise SystemExit(f"error: run directory {run_dir} already exists; choose another --run-name or --runs-dir, "
@@ -570,29 +593,20 @@ def restore(state: dict | None, env, replay, n_off: int, gen: torch.Generator, n
     return run["n_on"], obs_t, run["ep_return"], run["episode"], run["recent_returns"], run["reset_state"]
 
 def atomic_save(path: Path, obj) -> None:
-    """Write a temporary file, flush it to disk, then rename it: a kill leaves the old file or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(obj.encode()) if isinstance(obj, str) else torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-def load_checkpoint(path: str, dataset_id: str | None, ensembles: bool = False) -> dict:
-    """A checkpoint of these scripts for a requested dataset id (None: any); an ensemble only when `ensembles`."""
+    """Write this process's temporary file, flush it to disk, rename it, sync the folders: a kill or a power loss
+    leaves the old file or the new one. Serialized in memory first, so that a full disk is one OSError."""
+    tmp, data = path.with_name(f"{path.name}.{os.getpid()}.tmp"), io.BytesIO()
+    data.write(obj.encode()) if isinstance(obj, str) else torch.save(obj, data)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # only load checkpoints you trust
-    except Exception as e:
-        raise SystemExit(f"error: cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}")
-    if not isinstance(ckpt, dict) or not {"actor", "critic", "dataset_id", "obs_shape"} <= ckpt.keys():
-        raise SystemExit(f"error: {path} is not a checkpoint written by these scripts")
-    if ckpt.get("ensemble_size") and not ensembles:
-        raise SystemExit(f"error: {path} holds an ensemble of {ckpt['ensemble_size']} agents (balanced_replay.py); "
-                         f"start from one agent: a checkpoint of td3_bc.py, naive_ft.py or conservative_ft.py")
-    if dataset_id and dataset_id != ckpt["dataset_id"]:
-        raise SystemExit(f"error: the requested dataset {dataset_id} (--env/--dataset-id) differs from the "
-                         f"checkpoint's dataset {ckpt['dataset_id']}")
-    return ckpt
+        with open(tmp, "wb") as f:
+            f.write(data.getbuffer()), f.flush(), os.fsync(f.fileno())
+        os.replace(tmp, path)
+        for folder in (path.parent, path.parent.parent):  # the new name, and a new run directory's own
+            fd = os.open(folder, os.O_RDONLY)
+            os.fsync(fd), os.close(fd)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise SystemExit(f"error: cannot write {path}: {e.strerror}; the last {path.name} is intact") from None
 
 def weights_sha256(ckpt: dict) -> str:
     """sha256 of the network tensors in a fixed order: equal hashes, bit-identical weights (as report.py --hash)."""

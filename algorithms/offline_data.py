@@ -1,17 +1,20 @@
-"""The one module the algorithm scripts share: the offline data and the evaluation protocol, so that every method
-trains on the same replay table and is scored the same way.
+"""The one module the algorithm scripts share: the offline data, the agents' checkpoints and the evaluation protocol,
+so that every method trains on the same replay table, loads agents through one safe path and is scored the same way.
 
 Minari does the storage, downloading, environment recovery and score normalization; this module maps a short env
 name to an official dataset id, turns episodes into (s, a, r, s', terminated) transitions, checks them, puts them on
 the device as one normalized replay table (`load_replay`), scores a policy on the dataset's evaluation environment
-(`evaluate`), sums a run's evaluations up as policy-collapse statistics (`collapse_summary`), and turns the usual
-failures into one readable line (`SystemExit`, non-zero exit, no traceback).
+(`evaluate`), sums a run's evaluations up as policy-collapse statistics (`collapse_summary`), loads a checkpoint
+without unpickling code and checks its fields (`load_checkpoint`, `check`), and turns the usual failures into one
+readable line (`SystemExit`, non-zero exit, no traceback).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
+import zipfile
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -181,3 +184,60 @@ def collapse_summary(evals: list[tuple[int, float]], window: int) -> dict:
     recovery = next((t for t, s in evals if t > first_below and s >= step0), None) if dip > 0 else 0
     return {"step0_score": step0, "min_score_in_window": lowest, "collapse_window": window, "dip": dip,
             "recovery_steps": recovery, "final_score": evals[-1][1], "final_step": evals[-1][0]}
+
+
+# ------------------------------------------------------------------------------- checkpoints, loaded safely
+# A checkpoint holds tensors, plain Python data and numpy arrays: torch.load(weights_only=True) builds exactly those
+# and refuses anything else (no code runs), once numpy's array constructor is allowed. numpy 2 and 1.x name its
+# module differently, and a checkpoint keeps the name of the numpy that wrote it.
+_reconstruct = (getattr(np, "_core", None) or np.core).multiarray._reconstruct
+SAFE_GLOBALS = [np.ndarray, np.dtype, *(type(np.dtype(t)) for t in ("float32", "uint32")),
+                *((_reconstruct, f"numpy.{module}.multiarray._reconstruct") for module in ("_core", "core"))]
+AGENT_FIELDS = {"args": {"hidden": int, "seed": int}, "dataset_id": str, "env_spec": str, "obs_shape": tuple,
+                "act_shape": tuple, "obs_mean": np.ndarray, "obs_std": np.ndarray,
+                **dict.fromkeys(("actor", "critic", "actor_target", "critic_target", "actor_opt", "critic_opt"), dict)}
+
+
+def load_checkpoint(path: str, dataset_id: str | None, ensembles: bool = False) -> dict:
+    """A checkpoint of these scripts for a requested dataset id (None: any); an ensemble only when `ensembles`.
+    Nothing in it is trusted: every record's CRC-32 is checked first (torch.save writes one per record, in the same
+    file, so a changed byte is found), then it is loaded safely, then the fields an agent needs are checked."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise ValueError(f"record {damaged} fails its CRC-32 check: the file is damaged")
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch explains a refusal at length, around a line or two that say what it was
+        text = str(e).replace("WeightsUnpickler error: ", "")
+        refused = re.search(r"GLOBAL ([\w.]+)", text)
+        lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith(
+            ("Weights only load failed", "Check the documentation", "\t"))] or [type(e).__name__]
+        raise SystemExit(f"error: cannot read checkpoint {path}: " + (
+            f"refused: it asks to run {refused[1].rstrip('.')} when loaded (a checkpoint of these scripts holds only "
+            f"tensors, plain data and numpy arrays; nothing in it was run)" if refused else
+            f"{type(e).__name__}: {lines[0]}")) from None
+    check(f"error: checkpoint {path}", ckpt, AGENT_FIELDS)
+    if ckpt.get("ensemble_size") and not ensembles:
+        raise SystemExit(f"error: {path} holds an ensemble of {ckpt['ensemble_size']} agents (balanced_replay.py); "
+                         f"start from one agent: a checkpoint of td3_bc.py, naive_ft.py or conservative_ft.py")
+    if dataset_id and dataset_id != ckpt["dataset_id"]:
+        raise SystemExit(f"error: the requested dataset {dataset_id} (--env/--dataset-id) differs from the "
+                         f"checkpoint's dataset {ckpt['dataset_id']}")
+    return ckpt
+
+
+def check(where: str, obj, spec: dict, path: str = "") -> None:
+    """One line and exit 1 unless `obj` holds each field of `spec` with a value of its type (a type, a union such as
+    `int | None`, or a dict: a nested spec, checked inside). Used on everything read back from disk before its use."""
+    for key, kind in spec.items():
+        name = f"{path}{key}"
+        if not isinstance(obj, dict) or key not in obj:
+            raise SystemExit(f"{where}: field {name!r} is missing")
+        expected = dict if isinstance(kind, dict) else kind
+        if not isinstance(obj[key], expected):
+            raise SystemExit(f"{where}: field {name!r} is {type(obj[key]).__name__}, not "
+                             f"{getattr(expected, '__name__', expected)}")
+        if isinstance(kind, dict):
+            check(where, obj[key], kind, name + ".")

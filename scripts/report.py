@@ -313,12 +313,11 @@ def checkpoint_hash(path: Path) -> str:
     """sha256 over the network tensors (actor, critics, targets) of a checkpoint, in a fixed order: equal hashes
     mean bit-identical weights, whatever else (timestamps, paths in args) differs. The scripts' own function, which
     they use to record the agent a --checkpoint run starts from (args.json checkpoint_sha256)."""
-    import torch
-
     sys.path.insert(0, str(ROOT / "algorithms"))
+    from offline_data import load_checkpoint  # the scripts' own safe loader: no code in the file runs
     from td3_bc import weights_sha256
 
-    return weights_sha256(torch.load(path, map_location="cpu", weights_only=False))
+    return weights_sha256(load_checkpoint(str(path), None, ensembles=True))
 
 
 def collect(src: Path, dest: Path) -> None:

@@ -132,9 +132,10 @@ def finished(run: Run, args: Args) -> bool:
         return (run.dir / "summary.json").exists()
     if not (run.dir / "checkpoint.pt").exists():
         return False
-    import torch
+    sys.path.insert(0, str(ALGOS))
+    from offline_data import load_checkpoint  # the scripts' own safe loader: no code in the file runs
 
-    ckpt = torch.load(run.dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(str(run.dir / "checkpoint.pt"), None)
     return (ckpt.get("phase"), ckpt.get("step")) == ("offline", args.offline_steps)
 
 

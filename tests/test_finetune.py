@@ -31,8 +31,8 @@ def finetuned(pretrained):
 @pytest.mark.parametrize("script", FT_SCRIPTS + ["td3_bc.py"])
 def test_online_run_outputs(finetuned, script):
     run = finetuned / f"{script[:-3]}_a"
-    assert sorted(p.name for p in run.iterdir()) == ["args.json", "checkpoint.pt", "episodes.csv", "metrics.csv",
-                                                     "summary.json"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "args.json", "checkpoint.pt", "episodes.csv",
+                                                     "metrics.csv", "summary.json"]  # no temporary file left
     rows = read_metrics(run / "metrics.csv")
     assert all(r["phase"] == "online" for r in rows)  # a checkpoint means no offline steps by default
     assert [int(r["step"]) for r in rows] == [0, 50, 100, 150, 200]
@@ -270,7 +270,7 @@ def test_diff_naive_conservative_shows_only_the_method():
     keywords = ("beta", "offline_ratio", "pretrained_actor", "anchor", "pi_ref", "lmbda", "reg_loss", "trust region",
                 "conservative_ft", "signal", "td2", "q_pi")  # with --beta-rule's signals
     assert all(any(k in line for k in keywords) or not line.strip() for line in added), added
-    assert 0 < len(removed) <= 13, removed  # naive lines replaced by the method's versions (flags, columns, prepare)
+    assert 0 < len(removed) <= 14, removed  # naive lines replaced by the method's (flags, columns, prepare, start)
 
 
 @pytest.mark.parametrize("script", FT_SCRIPTS)

@@ -50,18 +50,18 @@ def test_replace_block_and_missing_marker():
         report.replace_block(md, "y", "new")
 
 
-def test_checkpoint_hash(tmp_path):
-    nets = {k: {"w": torch.arange(6.0).reshape(2, 3)} for k in ("actor", "critic", "actor_target", "critic_target")}
-    torch.save(dict(nets, step=1), tmp_path / "a.pt")
-    torch.save(dict(nets, step=2), tmp_path / "b.pt")  # other metadata, same weights
-    nets["critic"] = {"w": torch.arange(6.0).reshape(2, 3) + 1e-6}
-    torch.save(nets, tmp_path / "c.pt")
+def test_checkpoint_hash(pretrained, tmp_path):
+    ckpt = torch.load(pretrained / "offline" / "checkpoint.pt", weights_only=False)
+    torch.save(dict(ckpt, step=1), tmp_path / "a.pt")
+    torch.save(dict(ckpt, step=2), tmp_path / "b.pt")  # other metadata, same weights
+    ckpt["critic"] = {k: v + 1e-6 for k, v in ckpt["critic"].items()}
+    torch.save(ckpt, tmp_path / "c.pt")
     h = [report.checkpoint_hash(tmp_path / f"{n}.pt") for n in "abc"]
     assert h[0] == h[1] != h[2] and len(h[0]) == 64
     # the scripts record the same hash of the agent a --checkpoint run starts from
     import td3_bc
 
-    assert td3_bc.weights_sha256(torch.load(tmp_path / "c.pt")) == h[2]
+    assert td3_bc.weights_sha256(torch.load(tmp_path / "c.pt", weights_only=False)) == h[2]
 
 
 def test_sweep_block_tables_per_seed_and_command(tmp_path):

@@ -5,9 +5,11 @@ import json
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 
 import pytest
 import torch
@@ -150,26 +152,69 @@ def _shift_obs(run):
     torch.save(ckpt, run / "checkpoint.pt")
 
 
+def _edit(run, name, edit):
+    """Load a run file (args.json or checkpoint.pt), let `edit` change it in place, write it back."""
+    path = run / name
+    d = json.loads(path.read_text()) if name == "args.json" else torch.load(path, weights_only=False)
+    edit(d)
+    path.write_text(json.dumps(d)) if name == "args.json" else torch.save(d, path)
+
+
+def _flip_a_tensor_byte(run):
+    """Flip one bit in the middle of the largest tensor record of checkpoint.pt (the file still loads unchecked)."""
+    path = run / "checkpoint.pt"
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    raw[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0x10
+    path.write_bytes(raw)
+    torch.load(path, weights_only=False)  # torch alone does not notice: the CRC check is what finds it
+
+
 @pytest.mark.parametrize("script, edit, message", [
     ("naive_ft.py", lambda r: shutil.rmtree(r), "no run there (no args.json)"),
     ("naive_ft.py", lambda r: (r / "args.json").write_text('{"args": {"se'), "its args.json is not valid JSON"),
-    ("naive_ft.py", lambda r: _set(r / "args.json", "algorithm", None), "not a resumable run (written by an older"),
-    ("conservative_ft.py", lambda r: None, "that run was made by naive_ft.py; resume it with naive_ft.py"),
+    ("naive_ft.py", lambda r: _set(r / "args.json", "algorithm", None), "its args.json: field 'algorithm' is missing"),
+    ("conservative_ft.py", lambda r: None, "that run was made by naive_ft.py; resume it with that script"),
     ("naive_ft.py", lambda r: (r / "checkpoint.pt").write_bytes((r / "checkpoint.pt").read_bytes()[:5000]),
      "error: cannot read checkpoint"),
     ("naive_ft.py", lambda r: _set(r / "checkpoint.pt", "format", None),
-     "its checkpoint is format 1 of naive_ft, this script resumes format 3 of naive_ft"),
+     "its checkpoint is format 1 of naive_ft, this script resumes format 4 of naive_ft"),
     ("naive_ft.py", lambda r: (r / "checkpoint.pt").write_bytes(b"not a checkpoint"), "error: cannot read checkpoint"),
-    ("naive_ft.py", lambda r: (r / "metrics.csv").write_text("phase\n"), "is shorter than its checkpoint records"),
-    ("naive_ft.py", lambda r: _set(r / "args.json", "args", {"no_such_flag": 1}), "does not fit this script's flags"),
+    ("naive_ft.py", lambda r: (r / "metrics.csv").write_text("phase\n"),
+     "metrics.csv is not what its checkpoint recorded (6 bytes, not "),
+    # an editor's byte-order mark, and line endings converted: the rows themselves are unchanged
+    ("naive_ft.py", lambda r: (r / "metrics.csv").write_bytes(b"\xef\xbb\xbf" + (r / "metrics.csv").read_bytes()),
+     "metrics.csv is not what its checkpoint recorded (its bytes changed)"),
+    ("naive_ft.py", lambda r: (r / "episodes.csv").write_text((r / "episodes.csv").read_text().replace("\r\n", "\n")),
+     "episodes.csv is not what its checkpoint recorded ("),
+    ("naive_ft.py", lambda r: _edit(r, "args.json", lambda d: d["args"].update(no_such_flag=1)),
+     "its args.json has flags this script lacks"),
+    ("naive_ft.py", lambda r: _set(r / "args.json", "resumes", None), "its args.json: field 'resumes' is missing"),
+    ("naive_ft.py", lambda r: _edit(r, "args.json", lambda d: d["args"].update(seed="abc")),
+     "its args.json: field 'args.seed' is str, not int"),
+    ("naive_ft.py", lambda r: _edit(r, "args.json", lambda d: d["args"].pop("lr")),
+     "its args.json: field 'args.lr' is missing"),
+    ("naive_ft.py", lambda r: _set(r / "checkpoint.pt", "run", None), "its checkpoint: field 'run' is missing"),
+    ("naive_ft.py", lambda r: _set(r / "checkpoint.pt", "args", None), "checkpoint.pt: field 'args' is missing"),
+    ("naive_ft.py", lambda r: _edit(r, "checkpoint.pt", lambda d: d["run"].update(n_on="7")),
+     "its checkpoint: field 'run.n_on' is str, not int"),
+    ("naive_ft.py", lambda r: _edit(r, "checkpoint.pt", lambda d: d["rng"].pop("numpy")),
+     "its checkpoint: field 'rng.numpy' is missing"),
+    ("naive_ft.py", _flip_a_tensor_byte, "fails its CRC-32 check: the file is damaged"),
     ("naive_ft.py", _shift_obs, "replaying the current episode did not reproduce the checkpointed observation"),
 ])
 def test_resume_errors_are_one_line(finished, tmp_path, script, edit, message):
+    """Each fault is one line naming it, exit 1, and a failed resume writes nothing (args.json stays as it was)."""
     run = broken_copy(finished, tmp_path, edit)
+    files = lambda: {p.name: p.read_bytes() for p in run.glob("*") if p.name != ".lock"}  # noqa: E731
+    before = files()
     proc = run_script(script, "--resume", str(run), check=False)
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], \
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], \
         proc.stderr
+    assert files() == before
 
 
 @pytest.mark.parametrize("flag, value, saved", [("--seed", "3", "0"), ("--threads", "2", "1"),

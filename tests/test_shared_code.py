@@ -1,11 +1,11 @@
 """Drift guard for the infrastructure the four scripts share by copy.
 
-Each script is self-contained (networks, buffer, loop and run files in one file; only the data and the evaluation
-protocol come from offline_data.py, the one shared module), so some code exists in several copies. This is the one
-place that names it: every copy must be character-for-character identical, so a fix made in one script cannot
-silently miss the others. A script reads: method (Args, networks, update, the method's helpers, validate, train),
-then the banner line, then the run-file helpers, the same in every script. Everything in METHOD is a script's own
-and may differ.
+Each script is self-contained (networks, buffer, loop and run files in one file; only the data, the safe checkpoint
+loader and the evaluation protocol come from offline_data.py, the one shared module), so some code exists in several
+copies. This is the one place that names it: every copy must be character-for-character identical, so a fix made in
+one script cannot silently miss the others. A script reads: method (Args, networks, update, the method's helpers,
+validate, train), then the banner line, then the run-file helpers, the same in every script. Everything in METHOD is
+a script's own and may differ.
 """
 import ast
 
@@ -15,7 +15,7 @@ from conftest import ALGOS
 ALL = ("td3_bc", "naive_ft", "conservative_ft", "balanced_replay")
 BANNER = "# --- run files: identical in every script (tests/test_shared_code.py) ---"
 BELOW_BANNER = ("CHECKPOINT_FORMAT", "Run", "check_flags", "start", "prepare", "rng_state", "restore", "atomic_save",
-                "load_checkpoint", "weights_sha256", "run_metadata", "cpu_name")
+                "weights_sha256", "run_metadata", "cpu_name")
 SHARED = {  # name -> the scripts that hold an identical copy
     **{name: ALL for name in ("EnsembleLinear", "Critic", *BELOW_BANNER)},
     # balanced replay samples from its sum tree instead, its actor is an ensemble (EnsembleActor), and its

@@ -30,7 +30,8 @@ def smoke_runs(minari_root, tmp_path_factory):
 
 def test_run_directory_contents(smoke_runs):
     run = smoke_runs / "a"
-    assert sorted(p.name for p in run.iterdir()) == ["args.json", "checkpoint.pt", "episodes.csv", "metrics.csv"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "args.json", "checkpoint.pt", "episodes.csv",
+                                                     "metrics.csv"]
     meta = json.loads((run / "args.json").read_text())
     assert meta["args"]["dataset_id"] == TINY_ID and meta["args"]["offline_steps"] == 300
     assert meta["args"]["device"] == "cpu" and meta["args"]["run_name"] == "a"
