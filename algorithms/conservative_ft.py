@@ -43,7 +43,7 @@ from offline_data import (check, collapse_summary, evaluate, has_reference_score
 @dataclasses.dataclass
 class Args:
     env: str | None = None
-    """shorthand for the official Minari dataset mujoco/<env>/medium-v0: hopper (the default), halfcheetah, walker2d"""
+    """shorthand for the official Minari dataset mujoco/<env>/medium-v0: hopper, halfcheetah, walker2d (None: hopper)"""
     dataset_id: str | None = None
     """any Minari dataset id (e.g. standin/hopper/medium-v0); wins over --env; with --checkpoint, must be its own"""
     checkpoint: str | None = None
@@ -53,15 +53,15 @@ class Args:
     device: str = "auto"
     """auto (cuda if available, else cpu), cpu or cuda"""
     threads: int = 0
-    """torch intra-op threads; 0 keeps torch's default (args.json records the number used)"""
+    """torch intra-op threads; 0: as many as torch picks (args.json records the number used)"""
     offline_steps: int | None = None
-    """TD3+BC steps on the dataset first; default 1,000,000, or 0 with --checkpoint"""
+    """TD3+BC steps on the dataset first (None: 1,000,000, or 0 with --checkpoint)"""
     online_steps: int = 250_000
     """environment steps of online finetuning after the offline phase, one update per step"""
     offline_ratio: float = 0.5
     """online batches: round(r*B) rows from the offline data, the rest online; -1: uniform over both"""
     reset_optimizers: bool = False
-    """start the online phase with fresh Adam states (default: keep the pretrained moments)"""
+    """start the online phase with fresh Adam states instead of the pretrained moments"""
     beta_start: float = 1.0
     """trust-region weight beta_t at the first online step"""
     beta_end: float = 0.1
@@ -73,7 +73,7 @@ class Args:
     beta_lr: float = 3e-3
     """--beta-rule td: log beta_t += beta_lr * (signal / --beta-target - 1) per actor update"""
     beta_target: float | None = None
-    """--beta-rule td: the signal's set point (default 2)"""
+    """--beta-rule td: the signal's set point (None: 2)"""
     anchor_tau: float = 0.0
     """the trust region's centre: 0 keeps the frozen pi_0; tau > 0 moves it, pi_ref <- pi_ref + tau (pi - pi_ref)"""
     expl_noise: float = 0.1
@@ -105,11 +105,17 @@ class Args:
     collapse_window: int = 50_000
     """summary.json: the dip is the step-0 score minus the lowest evaluation within this many online steps"""
     run_name: str | None = None
-    """default: <dataset id, / replaced by ->__conservative_ft__<seed>__<unix time>"""
+    """None: <dataset id, / replaced by ->__conservative_ft__<seed>__<unix time>"""
     runs_dir: str = "runs"
     """parent folder of the run directory (an existing run directory is an error, never overwritten)"""
     resume: str | None = None
     """continue the killed run in this directory to the result of an uninterrupted one; its args.json holds the flags"""
+    track: bool = False
+    """log every metrics row, evaluation and the summary to Weights & Biases (pip install -e ".[track]")"""
+    wandb_project: str = "finetune-rl"
+    """the W&B project of --track"""
+    wandb_entity: str | None = None
+    """the W&B entity (user or team) of --track (None: your default entity)"""
 
 
 def validate(args: Args) -> None:
@@ -411,9 +417,15 @@ class Run:
             saved["resumes"].append({"from": f"{state['phase']} step {state['step']}" if state else "the start",
                                      "meta": run_metadata(device)})
         info = saved or {"algorithm": script, "args": dataclasses.asdict(args), "meta": run_metadata(device),
-                         "resumes": [], **agents}
+                         "resumes": [], **agents, **({"wandb_id": f"{time.time_ns():x}"} if args.track else {})}
         atomic_save(run_dir / "args.json", json.dumps(info, indent=2))
-        self.dir, self.script, self.dataset, self.evals = run_dir, script, data.dataset, run["evals"]
+        self.dir, self.script, self.dataset, self.evals, self.args = run_dir, script, data.dataset, run["evals"], args
+        rows = "".join(p.read_text() for p in run_dir.glob("metrics.csv") if saved).split("\n")[1:-1]  # whole rows
+        last = (rows or [",-1"])[-1].split(",")  # the last row written, the last one W&B has (--resume: not again)
+        self.logged = (int(last[1]) + args.offline_steps * (last[0] == "online"), last[0] == "online")
+        self.wandb = self.track(lambda: __import__("wandb").init(  # pip install -e ".[track]"; one run across resumes
+            project=args.wandb_project, entity=args.wandb_entity, id=info["wandb_id"], name=run_dir.name, dir=run_dir,
+            resume="allow", config={**info["args"], "meta": info["meta"]})) if args.track else None
         self.files = []  # new, or cut back to the sizes the checkpoint recorded (rows after it are dropped)
         for name, header in (("metrics.csv", columns), ("episodes.csv", ["step", "return", "length", "score"])):
             size = run["files"].get(name, [None])[0]
@@ -425,8 +437,7 @@ class Run:
         self.start, self.t_last = time.perf_counter() - run["elapsed_s"], time.perf_counter()
         print(f"{script} on {args.dataset_id}: {len(data.obs)} offline transitions, device {device}, "
               f"{torch.get_num_threads()} threads, run dir {run_dir}" + ("" if has_reference_scores(data.dataset) else
-              f"\nnote: {args.dataset_id} has no reference scores: every score here (progress, eval_score, "
-              f"episodes.csv, summary.json) is a raw return"), flush=True)
+              f"\nnote: {args.dataset_id} has no reference scores: every score here is a raw return"), flush=True)
 
     def add(self, info: dict) -> None:
         for k, v in info.items():  # device tensors: no host sync
@@ -475,7 +486,12 @@ class Run:
             atomic_save(self.dir / "checkpoint.pt", {"format": CHECKPOINT_FORMAT, "algorithm": self.script,
                                                      "phase": phase, "step": step, **checkpoint})
             self.last_checkpoint = f"{phase} step {step}"
-        shown = [f"{k} {row[k]:.1f}" for k in ("eval_score", "updates_per_s") if k in row]
+        at = (step + (self.args.offline_steps if phase == "online" else 0), phase == "online")  # W&B's step: growing
+        logged = {f"{phase}/{k}": v for k, v in row.items() if k != "phase" and v is not None}  # --track
+        self.track(lambda: self.wandb.log(logged, step=at[0])) if self.wandb and at > self.logged else None  # not twice
+        left = last - step + (self.args.online_steps if phase == "offline" else 0)  # ETA: steps left / recent rate
+        shown = [f"{k} {row[k]:.1f}" for k in ("eval_score", "updates_per_s") if k in row] + \
+            ([f"ETA {left / row['updates_per_s'] / 60:.1f} min"] if left and row.get("updates_per_s") else [])
         print(" | ".join([f"{phase:>7} step {step:>8}/{last}", *shown]), flush=True)
         self.t_last = time.perf_counter()
 
@@ -492,7 +508,16 @@ class Run:
                                            for k, v in summary.items()))
         for f in self.files:
             f.close()
+        self.track(lambda: (self.wandb.summary.update(summary if collapse_window else {}), self.wandb.finish())) \
+            if self.wandb else None  # W&B's summary: summary.json
         print(f"done in {(time.perf_counter() - self.start) / 60:.1f} min; checkpoint {self.dir / 'checkpoint.pt'}")
+
+    def track(self, call):  # --track: a W&B call that fails is one warning line and ends tracking, never the run
+        try:
+            return call()
+        except Exception as e:
+            self.wandb = print(f"warning: --track: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}; the run "
+                               f"goes on without W&B (the CSVs stay the record)", flush=True)
 
 def check_flags(args, at_least_0: tuple[str, ...], above_0: tuple[str, ...]) -> None:
     """One line and exit 1 for a flag out of range (--threads and --device too)."""
@@ -554,18 +579,14 @@ def prepare(args, script: str, dataset_id: str, **resolved):
     if run_dir.exists() and not args.resume:
         raise SystemExit(f"error: run directory {run_dir} already exists; choose another --run-name or --runs-dir, "
                          f"or continue it with --resume {run_dir}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads) if args.threads else None
+    random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
     args = dataclasses.replace(args, dataset_id=dataset_id, run_name=run_name, device=str(device), **resolved)
     return args, device, run_dir
 
 def rng_state(gen: torch.Generator) -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "diagnostics": gen.get_state()}
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "diagnostics":
+            gen.get_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 def restore(state: dict | None, env, replay, n_off: int, gen: torch.Generator, normalize, run_dir: Path) -> tuple:
     """The online loop's state at the checkpoint (None: a new run's): online rows, the env mid-episode, RNGs last."""
@@ -633,8 +654,7 @@ def run_metadata(device: torch.device) -> dict:
                     if k == "LD_PRELOAD" or k.startswith(("MKL_", "OMP_", "ONEDNN_", "ATEN_CPU"))}}
 
 def cpu_name() -> str:
-    """The CPU model and the kernels torch picks for it: bit-identical results need the same code paths, not only the
-    same seed and threads (math libraries choose them, and so their rounding, by CPU; MKL by vendor: README)."""
+    """The CPU model and torch's kernels for it: bit-identical results need the same code paths (README)."""
     block = Path("/proc/cpuinfo").read_text().split("\n\n")[0] if Path("/proc/cpuinfo").exists() else ""  # Linux
     info = dict(map(str.strip, line.split(":", 1)) for line in block.splitlines() if ":" in line)
     isa = [f for f in ("avx2", "avx512f", "avx512_fp16", "amx_tile") if f in info.get("flags", "").split()]

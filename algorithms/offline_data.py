@@ -28,14 +28,12 @@ from minari.storage.datasets_root_dir import get_dataset_path
 ENV_TO_DATASET = {name: f"mujoco/{name}/medium-v0" for name in ("hopper", "halfcheetah", "walker2d")}
 
 
-def resolve_dataset_id(env: str, dataset_id: str | None) -> str:
-    """`--dataset-id` wins over `--env`; an unknown `--env` is an error."""
-    if dataset_id:
-        return dataset_id
-    if env not in ENV_TO_DATASET:
+def resolve_dataset_id(env: str | None, dataset_id: str | None) -> str:
+    """`--dataset-id` wins over `--env`; an unknown `--env` is an error, whether or not `--dataset-id` is given."""
+    if env is not None and env not in ENV_TO_DATASET:
         raise SystemExit(f"error: unknown --env {env!r}; choose one of {', '.join(ENV_TO_DATASET)}, "
                          f"or give any Minari dataset id with --dataset-id")
-    return ENV_TO_DATASET[env]
+    return dataset_id or ENV_TO_DATASET[env]
 
 
 @dataclass

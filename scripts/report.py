@@ -3,6 +3,7 @@
     pip install -e ".[plot]"            # matplotlib, only for the PNGs
     python scripts/report.py                          # section 1's TD3+BC tables (benchmarks/td3_bc)
     python scripts/report.py benchmarks/sweeps/main   # a sweep's README.md, its curves, and its summary table
+    python scripts/report.py runs/ [RUN_DIR ...] --out runs/report   # any runs: report.png (curves), report.md
 
 Layouts it reads (checkpoints are never committed):
     benchmarks/td3_bc/<dataset>/seed<S>/{args.json, metrics.csv}       (copied from run directories with `--collect`)
@@ -320,6 +321,93 @@ def checkpoint_hash(path: Path) -> str:
     return weights_sha256(load_checkpoint(str(path), None, ensembles=True))
 
 
+def find_runs(paths: list[str]) -> list[Path]:
+    """Run directories (those holding an args.json) among the paths: a run, or a folder searched for runs."""
+    runs = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise SystemExit(f"error: {path} is not a directory (give run directories, or folders holding runs)")
+        found = [path] if (path / "args.json").exists() else sorted(a.parent for a in path.rglob("args.json"))
+        if not found:
+            raise SystemExit(f"error: {path} holds no run (no args.json in it or below it)")
+        runs += [r for r in found if r not in runs]
+    return runs
+
+
+# flags that tell runs of one setting apart without changing it: seeds, names, places, threads, the agent file
+NOT_SETTING = {"seed", "run_name", "runs_dir", "resume", "threads", "device", "checkpoint"}
+
+
+def run_info(run: Path) -> dict:
+    """A run's script, setting (its flags but NOT_SETTING), evaluations per phase and summary, from its files."""
+    try:
+        info = json.loads((run / "args.json").read_text())
+        rows = read_csv(run / "metrics.csv") if (run / "metrics.csv").exists() else []
+        off, on = evals(rows, "offline"), evals(rows, "online")
+        summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else None
+        script, args = info["algorithm"], info["args"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"error: {run}: not a readable run of these scripts ({type(e).__name__}: {e})") from None
+    setting = {k: v for k, v in sorted(args.items()) if k not in NOT_SETTING}
+    return {"dir": run, "script": script, "setting": setting, "offline": off, "online": on, "summary": summary,
+            "offline_steps": args.get("offline_steps") or 0}
+
+
+def group_runs(runs: list[Path]) -> dict[str, list[dict]]:
+    """Runs grouped by script and setting, each group named by its script and the flags that differ between groups."""
+    infos = [run_info(r) for r in runs]
+    groups: dict[str, list[dict]] = {}
+    for i in infos:
+        same = [j["setting"] for j in infos if j["script"] == i["script"]]  # flags that differ between its runs
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in i["setting"].items()
+                         if k != "dataset_id" and len({json.dumps(x.get(k)) for x in same}) > 1)
+        name = f"{i['script']} on {i['setting'].get('dataset_id')}" + (f" [{flags}]" if flags else "")
+        groups.setdefault(name, []).append(i)
+    return groups
+
+
+def runs_table(groups: dict[str, list[dict]]) -> str:
+    """Per group: seeds, step-0 score, dip, recovery steps, final score (online runs from summary.json; an offline-only
+    run: its last evaluation as the final score)."""
+    out = ["| runs | seeds | step-0 score | dip | recovery steps (per run) | final score |", "|---|---|---|---|---|---|"]
+    for name, infos in groups.items():
+        sums = [i["summary"] for i in infos if i["summary"]]
+        finals = [s["final_score"] for s in sums] or [i["offline"][-1][1] for i in infos if i["offline"]]
+        recovery = ", ".join("never" if s["recovery_steps"] is None else f"{s['recovery_steps']:,}" for s in sums)
+        out.append(f"| {name} | {len(infos)} | {mean_sd([s['step0_score'] for s in sums])} | "
+                   f"{mean_sd([s['dip'] for s in sums])} | {recovery or '–'} | {mean_sd(finals)} |")
+    return "\n".join(out) + "\n"
+
+
+def runs_plot(groups: dict[str, list[dict]], png: Path) -> None:
+    """Every run's evaluations against its step (offline steps, then online steps after them), one colour per group;
+    a dotted line where each group's online phase starts (online step 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4 + 0.2 * len(groups)), layout="constrained")
+    for k, (name, infos) in enumerate(groups.items()):
+        color = f"C{k % 10}"
+        for j, i in enumerate(infos):
+            curve = i["offline"] + [(i["offline_steps"] + s, v) for s, v in i["online"]]
+            if curve:
+                ax.plot(*zip(*curve), color=color, alpha=0.8, label=name if j == 0 else None)
+        starts = {i["offline_steps"] for i in infos if i["online"]}
+        for x in starts:
+            ax.axvline(x, color=color, linestyle=":", alpha=0.7)
+    if any(i["online"] for infos in groups.values() for i in infos):
+        ax.plot([], [], color="gray", linestyle=":", label="online step 0 (offline phase before it)")
+    ax.set_xlabel("step (offline, then online)")
+    ax.set_ylabel("evaluation score")
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=1, fontsize="small", frameon=False)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
 def collect(src: Path, dest: Path) -> None:
     """Copy the small files of a finished run directory (never its checkpoint)."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -333,8 +421,9 @@ if __name__ == "__main__":
     p.add_argument("--collect", nargs=2, metavar=("RUN_DIR", "DEST"), help="copy a run's small files to DEST first")
     p.add_argument("--hash", metavar="CHECKPOINT", help="print the weight hash of a checkpoint and exit")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs (no matplotlib needed)")
-    p.add_argument("sweep", nargs="?", help="a scripts/sweep.py --out directory: fill its blocks "
-                   "<!-- report:sweep/<dir name>/<dataset> --> (or print the tables) and draw its curves")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="a scripts/sweep.py --out directory (its README.md, "
+                   "blocks and curves), or any run directories and folders holding runs (their curves and table)")
+    p.add_argument("--out", default="report", help="with run directories: write OUT.png and OUT.md (default: report)")
     a = p.parse_args()
     if a.hash:
         print(checkpoint_hash(Path(a.hash)))
@@ -342,9 +431,19 @@ if __name__ == "__main__":
     if a.collect:
         collect(Path(a.collect[0]), Path(a.collect[1]))
         raise SystemExit(0)
+    if a.paths and not (len(a.paths) == 1 and (Path(a.paths[0]) / "sweep.json").exists()):  # runs, not a sweep
+        groups = group_runs(find_runs(a.paths))
+        table = runs_table(groups)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out + ".md").write_text(table)
+        print(table + f"{a.out}.md written")
+        if not a.no_plots:
+            runs_plot(groups, Path(a.out + ".png"))
+            print(f"{a.out}.png written")
+        raise SystemExit(0)
     md = (BENCH.parent / "benchmarks.md").read_text()
-    if a.sweep:
-        sweep = Path(a.sweep)
+    if a.paths:
+        sweep = Path(a.paths[0])
         grid = json.loads((sweep / "sweep.json").read_text())
         n, every = grid["online_steps"], grid["eval_every"]  # diagnostics at 1/20, 1/4 and all of the online steps
         at = tuple(max(every, n // k // every * every) for k in (20, 4)) + (n,)

@@ -11,8 +11,10 @@ def test_resolve_dataset_id():
     assert offline_data.resolve_dataset_id("hopper", None) == "mujoco/hopper/medium-v0"
     assert offline_data.resolve_dataset_id("walker2d", None) == "mujoco/walker2d/medium-v0"
     assert offline_data.resolve_dataset_id("hopper", "standin/hopper/random-v0") == "standin/hopper/random-v0"
-    with pytest.raises(SystemExit, match="unknown --env 'ant'"):
-        offline_data.resolve_dataset_id("ant", None)
+    assert offline_data.resolve_dataset_id(None, "standin/hopper/random-v0") == "standin/hopper/random-v0"
+    for dataset_id in (None, "standin/hopper/random-v0"):  # a bad --env is an error even where --dataset-id wins
+        with pytest.raises(SystemExit, match="unknown --env 'ant'"):
+            offline_data.resolve_dataset_id("ant", dataset_id)
 
 
 def test_flatten_counts_and_boundaries(minari_root):

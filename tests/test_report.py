@@ -1,5 +1,6 @@
 """scripts/report.py: tables from per-run files, generated blocks, checkpoint hashes."""
 import json
+import os
 import sys
 
 import pytest
@@ -203,3 +204,51 @@ def test_sweep_readme_holds_each_datasets_detail(tmp_path):
     assert "../../sweep_demo_standin-hopper-medium-v0.png" in hopper
     assert "No finetuning run of this dataset has finished yet." in random
     assert all(len(line) <= 120 for line in text.splitlines() if not line.startswith(("|", "python", "Made by", "Agents")))
+
+
+@pytest.fixture(scope="module")
+def plain_runs(pretrained, tmp_path_factory):
+    """A folder of runs made without the sweep: two naive_ft seeds from the suite's agent, one with other flags."""
+    from conftest import run_script
+
+    runs = tmp_path_factory.mktemp("plain_runs")
+    agent = str(pretrained / "offline" / "checkpoint.pt")
+    for name, seed, noise in (("a", "0", "0.1"), ("b", "1", "0.1"), ("c", "0", "0.3")):
+        run_script("naive_ft.py", "--checkpoint", agent, "--online-steps", "100", "--eval-every", "50",
+                   "--eval-episodes", "2", "--batch-size", "64", "--seed", seed, "--expl-noise", noise,
+                   "--runs-dir", str(runs), "--run-name", name)
+    return runs
+
+
+def report_runs(*argv):
+    import subprocess
+
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), *map(str, argv)], capture_output=True,
+                          text=True)
+
+
+def test_report_of_one_run_and_of_a_folder_of_runs(plain_runs, tmp_path):
+    """Any run directories: a table (step-0 score, dip, recovery, final score) per script and setting, and a PNG."""
+    if not os.environ.get("CI"):  # CI installs it: there this test must run
+        pytest.importorskip("matplotlib", reason='the curves need matplotlib: pip install -e ".[plot]"')
+    proc = report_runs(plain_runs / "a", "--out", tmp_path / "one")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((plain_runs / "a" / "summary.json").read_text())
+    rows = (tmp_path / "one.md").read_text().splitlines()[2:]
+    assert rows == [f"| naive_ft on test/hopper/tiny-v0 | 1 | {summary['step0_score']:.1f} | {summary['dip']:.1f} | "
+                    f"{'never' if summary['recovery_steps'] is None else format(summary['recovery_steps'], ',')} | "
+                    f"{summary['final_score']:.1f} |"]
+    assert (tmp_path / "one.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    proc = report_runs(plain_runs, "--out", tmp_path / "all", "--no-plots")  # a folder: every run below it
+    assert proc.returncode == 0, proc.stderr
+    rows = [r.split(" | ")[:2] for r in (tmp_path / "all.md").read_text().splitlines()[2:]]
+    assert rows == [["| naive_ft on test/hopper/tiny-v0 [--expl-noise 0.1]", "2"],  # seeds 0 and 1: one setting
+                    ["| naive_ft on test/hopper/tiny-v0 [--expl-noise 0.3]", "1"]]
+
+
+def test_report_bad_paths_are_one_line(tmp_path):
+    for path, message in [(tmp_path / "none", "is not a directory"), (tmp_path, "holds no run")]:
+        proc = report_runs(path)
+        assert proc.returncode == 1 and proc.stderr.strip() == f"error: {path} {message}" + (
+            " (give run directories, or folders holding runs)" if "directory" in message else
+            " (no args.json in it or below it)"), proc.stderr
