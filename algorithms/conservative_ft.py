@@ -12,9 +12,12 @@ The trust region holds pi near pi_0 while the critic is still wrong about action
 so finetuning becomes TD3-like; lambda makes beta mean the same across reward scales. Replay: every batch half
 offline, half online (`--offline-ratio 0.5`). --beta-rule td (OUR READING) replaces the schedule: log beta_t +=
 --beta-lr * (signal / --beta-target - 1) per actor update, within [--beta-end, --beta-start], the signal being the
-batch's online rows' TD error over its offline rows'. Everything else is line-for-line naive_ft.py (`diff
-algorithms/naive_ft.py algorithms/conservative_ft.py` shows only the method).
-"""
+batch's online rows' TD error over its offline rows'. --beta-rule lagrange (OUR READING) makes beta_t the multiplier
+of the constraint "a training episode scores at least the step-0 evaluation minus --beta-margin of it": after each
+episode, log beta_t += --beta-lr * violation, in the same bounds. --anchor-critic puts the trust region into the
+critic's target too, y = r + gamma (min Q'(s', a') - beta_t mean|Q'| / alpha * mean (a' - pi_ref(s'))^2), as PROTO
+(Li et al. 2023) does with a slowly moving pi_ref (OUR READING of its TD3 variant). Everything else is line-for-line
+naive_ft.py (`diff algorithms/naive_ft.py algorithms/conservative_ft.py` shows only the method)."""
 import copy
 import csv
 import dataclasses
@@ -69,13 +72,17 @@ class Args:
     beta_decay_steps: int = 100_000
     """online steps over which beta_t decays linearly from --beta-start to --beta-end (0: --beta-end at once)"""
     beta_rule: str = "fixed"
-    """how beta_t moves: fixed (the linear schedule) or td (adapting to the online rows' TD error over the offline's)"""
+    """how beta_t moves: fixed (the linear schedule), td (online rows' TD error over the offline's) or lagrange"""
     beta_lr: float = 3e-3
-    """--beta-rule td: log beta_t += beta_lr * (signal / --beta-target - 1) per actor update"""
+    """td: log beta_t += beta_lr * (signal / --beta-target - 1) per actor update; lagrange: += beta_lr * violation"""
+    beta_margin: float = 0.1
+    """--beta-rule lagrange: a training episode may score down to the step-0 score minus this fraction of it"""
     beta_target: float | None = None
     """--beta-rule td: the signal's set point (None: 2)"""
     anchor_tau: float = 0.0
     """the trust region's centre: 0 keeps the frozen pi_0; tau > 0 moves it, pi_ref <- pi_ref + tau (pi - pi_ref)"""
+    anchor_critic: bool = False
+    """the trust region inside the critic's target too, at the next action: PROTO's (Li et al. 2023) critic half"""
     expl_noise: float = 0.1
     """std of the Gaussian exploration noise added to online actions (times max action)"""
     batch_size: int = 256
@@ -120,17 +127,17 @@ class Args:
 
 def validate(args: Args) -> None:
     check_flags(args, ("offline_steps", "online_steps", "expl_noise", "beta_start", "beta_end", "beta_decay_steps",
-                       "beta_lr"), ("batch_size", "eval_every", "eval_episodes", "log_every", "policy_freq", "hidden",
-                                    "collapse_window", "beta_target"))
+                       "beta_lr", "beta_margin"), ("batch_size", "eval_every", "eval_episodes", "log_every",
+                                                   "policy_freq", "hidden", "collapse_window", "beta_target"))
     if not (0.0 <= args.offline_ratio <= 1.0 or args.offline_ratio == -1.0):
         raise SystemExit(f"error: --offline-ratio must be in [0, 1], or -1 for uniform over all data, "
                          f"got {args.offline_ratio}")
     if not 0.0 <= args.anchor_tau <= 1.0:
         raise SystemExit(f"error: --anchor-tau must be in [0, 1], got {args.anchor_tau}")
-    if args.beta_rule not in ("fixed", "td") or args.beta_rule == "td" and not (
-            0 < args.beta_end <= args.beta_start and 0 < args.offline_ratio < 1):
-        raise SystemExit(f"error: --beta-rule {args.beta_rule}: the rules are fixed and td; td needs 0 < --beta-end <= "
-                         f"--beta-start and 0 < --offline-ratio < 1")
+    if args.beta_rule not in ("fixed", "td", "lagrange") or args.beta_rule != "fixed" and not (
+            0 < args.beta_end <= args.beta_start and (0 < args.offline_ratio < 1 or args.beta_rule == "lagrange")):
+        raise SystemExit(f"error: --beta-rule {args.beta_rule}: the rules are fixed, td and lagrange; td and lagrange "
+                         f"need 0 < --beta-end <= --beta-start, td 0 < --offline-ratio < 1")
 
 
 # ---------------------------------------------------------------------------------------------- networks
@@ -201,6 +208,16 @@ def beta_schedule(step: int, args) -> float:
     return args.beta_start + frac * (args.beta_end - args.beta_start)
 
 
+def dual_ascent(log_beta: torch.Tensor, ep_return: float, step0_score: float, dataset, args) -> float:
+    """--beta-rule lagrange, after a training episode: the constraint's violation (the signal), (step-0 score minus
+    --beta-margin of it, minus the episode's score) over |step-0 score|, and log beta_t += --beta-lr * violation within
+    [log --beta-end, log --beta-start]: beta_t grows while episodes score below the line, and decays while above it."""
+    line = step0_score - args.beta_margin * abs(step0_score)  # the constraint: an episode's score >= line
+    signal = (line - float(normalized_score(dataset, ep_return))) / max(abs(step0_score), 1e-6)
+    log_beta.add_(args.beta_lr * signal).clamp_(math.log(args.beta_end), math.log(args.beta_start))  # no host sync
+    return signal
+
+
 def diagnostics(replay, n_off: int, n_on: int, obs_dim: int, actor, critic, pretrained_actor, gen) -> dict:
     """Collapse diagnostics on 1024 fresh offline and 1024 online states (drawn with their own RNG): mean
     ||pi(s) - pi_0(s)|| and mean Q1(s, pi(s)) on each half."""
@@ -226,7 +243,10 @@ def update(step: int, batch, actor, actor_target, critic, critic_target, actor_o
         noise = (torch.randn_like(act) * args.policy_noise).clamp(-args.noise_clip, args.noise_clip) * max_action
         next_act = torch.max(torch.min(actor_target(next_obs) + noise, max_action), -max_action)
         # clipped double-Q target: y = r + gamma * (1 - terminated) * min_i Q'_i(s', a')
-        target_q = rew + args.gamma * (1.0 - terminated) * critic_target(next_obs, next_act).min(0).values
+        q_next = critic_target(next_obs, next_act).min(0).values
+        if not offline and args.anchor_critic:  # the trust region in Q's units (beta/lambda), at pi_ref's next action
+            q_next = q_next - beta * q_next.abs().mean() / args.alpha * ((next_act - anchor(next_obs)) ** 2).mean(-1)
+        target_q = rew + args.gamma * (1.0 - terminated) * q_next
     q = critic(obs, act)  # (2, B)
     critic_loss = ((q - target_q) ** 2).mean(1).sum()  # MSE(Q1, y) + MSE(Q2, y)
     critic_opt.zero_grad(set_to_none=True)
@@ -372,6 +392,8 @@ def train(args: Args) -> None:
             if terminated or truncated:
                 run.episode(step, ep_return, len(episode))
                 recent_returns.append(ep_return)
+                if args.beta_rule == "lagrange":  # beta_t: the multiplier of "episodes score >= step-0 score - margin"
+                    run.add({"beta_signal": dual_ascent(log_beta, ep_return, run.evals[0][1], data.dataset, args)})
                 reset_state = env.unwrapped.np_random.bit_generator.state  # how the next episode starts (--resume)
                 obs_t, ep_return, episode = to_dev((env.reset()[0] - obs_mean) / obs_std), 0.0, []
             beta = beta_schedule(step, args) if args.beta_rule == "fixed" else log_beta.exp()  # beta_t
@@ -398,7 +420,7 @@ class Run:
 
     def __init__(self, run_dir: Path, columns: list[str], args, script: str, saved, state, device, data, **agents):
         run_dir.mkdir(parents=True, exist_ok=bool(args.resume))
-        self.lock = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT)  # one process per run directory, until it ends
+        self.lock = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)  # one process per run dir, until it ends
         try:
             os.lockf(self.lock, os.F_TLOCK, 0)
         except OSError:

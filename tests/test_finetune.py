@@ -255,6 +255,68 @@ def test_td_rule_in_a_run_and_bad_values(finetuned, tmp_path):
         assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"error: --beta-rule {flags[1]}: ")
 
 
+def test_lagrange_rule_by_hand(minari_root):
+    """--beta-rule lagrange: after an episode, the violation is (step-0 score - --beta-margin of it - the episode's
+    score) / |step-0 score|, and log beta_t moves by --beta-lr times it, within [log --beta-end, log --beta-start]
+    (scores normalized with the dataset's reference scores: here score = return - 10)."""
+    import math
+
+    import minari
+    dataset = minari.load_dataset(TINY_ID)
+    args = conservative_ft.Args(beta_rule="lagrange", beta_lr=0.5, beta_margin=0.1, beta_start=1.0, beta_end=0.1)
+    log_beta = torch.tensor(math.log(0.5))
+    step = lambda ret, s0: conservative_ft.dual_ascent(log_beta, ret, s0, dataset, args)  # noqa: E731
+    assert step(70.0, 80.0) == pytest.approx((80.0 - 8.0 - 60.0) / 80.0)
+    assert float(log_beta) == pytest.approx(math.log(0.5) + 0.5 * 0.15, rel=1e-6)  # below the line: beta grows
+    assert step(110.0, 80.0) == pytest.approx(-0.35)
+    assert float(log_beta) == pytest.approx(math.log(0.5) + 0.5 * (0.15 - 0.35), rel=1e-6)  # above: it decays
+    assert step(-490.0, -50.0) == pytest.approx((-50 - 5 + 500) / 50)
+    assert float(log_beta) == pytest.approx(0.0, abs=1e-7)  # a negative step-0 score too; clamped at --beta-start
+    step(1e6, 80.0)
+    assert float(log_beta) == pytest.approx(math.log(0.1), rel=1e-6)  # and at --beta-end
+
+
+def test_lagrange_rule_in_a_run(finetuned, tmp_path):
+    """Whole runs: beta_t and the signal (the mean violation of the row's episodes) in metrics.csv, beta_t within its
+    bounds and moving with the episodes; a floor of 0 is one line."""
+    import math
+    run_script("conservative_ft.py", "--checkpoint", str(finetuned / "offline" / "checkpoint.pt"), *ONLINE,
+               "--beta-rule", "lagrange", "--beta-lr", "0.2", "--runs-dir", str(tmp_path), "--run-name", "lag")
+    rows = [r for r in read_metrics(tmp_path / "lag" / "metrics.csv") if r["phase"] == "online" and r["step"] != "0"]
+    episodes = (tmp_path / "lag" / "episodes.csv").read_text().splitlines()[1:]
+    assert episodes and any(r["beta_signal"] for r in rows)  # a row with an episode has its violation
+    betas = [float(r["beta"]) for r in rows]
+    assert all(0.1 - 1e-6 <= b <= 1.0 + 1e-6 for b in betas)
+    log_beta = float(torch.load(tmp_path / "lag" / "checkpoint.pt", weights_only=False)["beta_rule"]["log_beta"])
+    assert math.log(0.1) - 1e-6 <= log_beta <= 1e-6
+    proc = run_script("conservative_ft.py", "--beta-rule", "lagrange", "--beta-end", "0", "--runs-dir", str(tmp_path),
+                      check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().startswith("error: --beta-rule lagrange: ")
+
+
+def test_anchor_critic_target_by_hand():
+    """--anchor-critic: the critic's target is r + gamma (1 - d) (min Q'(s', a') - beta mean|Q'| / alpha mean (a' -
+    pi_ref(s'))^2), here computed by hand (no smoothing noise, so a' = pi'(s')); without the flag, the plain target."""
+    torch.manual_seed(1)
+    batch = (torch.randn(32, 4), torch.rand(32, 2) * 2 - 1, torch.randn(32, 1), torch.randn(32, 4),
+             (torch.rand(32, 1) < 0.2).float())
+    anchor = conservative_ft.Actor(4, 2, torch.ones(2), 32)
+    for flag in (True, False):
+        args = conservative_ft.Args(anchor_critic=flag, policy_noise=0.0)
+        actor, actor_t, critic, critic_t, a_opt, c_opt = tiny_agent(3)
+        obs, act, rew, next_obs, done = batch
+        with torch.no_grad():
+            next_act = actor_t(next_obs)
+            q_next = critic_t(next_obs, next_act).min(0).values
+            if flag:
+                q_next = q_next - 0.3 * q_next.abs().mean() / 2.5 * ((next_act - anchor(next_obs)) ** 2).mean(-1)
+            y = rew[:, 0] + 0.99 * (1 - done[:, 0]) * q_next
+            expected = ((critic(obs, act) - y) ** 2).mean(1).sum()
+        info = conservative_ft.update(1, batch, actor, actor_t, critic, critic_t, a_opt, c_opt, args, offline=False,
+                                      beta=0.3, anchor=anchor)
+        assert float(info["critic_loss"]) == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_diff_naive_conservative_shows_only_the_method():
     """Outside the module docstrings, every line that differs is about the method: the trust region, its
     schedule and flags, lambda, the frozen pi_0, the trust region's centre pi_ref, and the default replay ratio."""
@@ -268,9 +330,9 @@ def test_diff_naive_conservative_shows_only_the_method():
     added = [line[1:] for line in diff if line[0] == "+"]
     removed = [line[1:] for line in diff if line[0] == "-"]
     keywords = ("beta", "offline_ratio", "pretrained_actor", "anchor", "pi_ref", "lmbda", "reg_loss", "trust region",
-                "conservative_ft", "signal", "td2", "q_pi")  # with --beta-rule's signals
+                "conservative_ft", "signal", "td2", "q_pi", "q_next")  # with --beta-rule's signals, PROTO's target
     assert all(any(k in line for k in keywords) or not line.strip() for line in added), added
-    assert 0 < len(removed) <= 14, removed  # naive lines replaced by the method's (flags, columns, prepare, start)
+    assert 0 < len(removed) <= 15, removed  # naive lines replaced by the method's (flags, columns, prepare, start, y)
 
 
 @pytest.mark.parametrize("script", FT_SCRIPTS)
