@@ -567,9 +567,13 @@ def start(args, script: str, fields: dict | None = None):
     if saved["algorithm"] != script:
         raise SystemExit(f"{where} that run was made by {saved['algorithm']}.py; resume it with that script")
     flags = {f.name: list if hasattr(f.type, "__origin__") else f.type for f in dataclasses.fields(args)}  # tuple: list
-    check(f"{where} its args.json", saved, {"args": flags, "resumes": list, "meta": dict})
+    check(f"{where} its args.json", saved, {"args": dict, "resumes": list, "meta": dict})
+    check(f"{where} its args.json", saved, {"args": {k: v for k, v in flags.items() if k in saved["args"]}})
     if saved["args"].keys() - flags.keys():
         raise SystemExit(f"{where} its args.json has flags this script lacks: {sorted(saved['args'].keys() - flags)}")
+    if flags.keys() - saved["args"].keys():  # flags added to the script since the run started: their defaults
+        print(f"note: {where[7:]} its args.json predates {', '.join(sorted(flags.keys() - saved['args'].keys()))}: "
+              f"their defaults")
     base = dataclasses.replace(type(args)(**{k: tuple(v) if isinstance(v, list) else v
                                              for k, v in saved["args"].items()}), resume=args.resume)
     merged = tyro.cli(type(args), default=base, description=__doc__.split("\n\n")[0])

@@ -197,8 +197,6 @@ def _flip_a_tensor_byte(run):
     ("naive_ft.py", lambda r: _set(r / "args.json", "resumes", None), "its args.json: field 'resumes' is missing"),
     ("naive_ft.py", lambda r: _edit(r, "args.json", lambda d: d["args"].update(seed="abc")),
      "its args.json: field 'args.seed' is str, not int"),
-    ("naive_ft.py", lambda r: _edit(r, "args.json", lambda d: d["args"].pop("lr")),
-     "its args.json: field 'args.lr' is missing"),
     ("naive_ft.py", lambda r: _set(r / "checkpoint.pt", "run", None), "its checkpoint: field 'run' is missing"),
     ("naive_ft.py", lambda r: _set(r / "checkpoint.pt", "args", None), "checkpoint.pt: field 'args' is missing"),
     ("naive_ft.py", lambda r: _edit(r, "checkpoint.pt", lambda d: d["run"].update(n_on="7")),
@@ -229,6 +227,16 @@ def test_resume_flags_must_agree_with_args_json(finished, tmp_path, flag, value,
                           capture_output=True, text=True)
     assert proc.returncode != 0 and proc.stderr.strip().startswith(
         f"error: {flag} {value or 'True'} contradicts the resumed run's args.json ({saved})"), proc.stderr
+
+
+def test_a_flag_added_since_the_run_started_takes_its_default(finished, tmp_path):
+    """An args.json written before a flag existed resumes with the flag's default (which keeps the old behaviour),
+    and says so in one note line."""
+    run = broken_copy(finished, tmp_path, lambda r: _edit(r, "args.json", lambda d: [d["args"].pop(k) for k in
+                                                                                     ("wandb_project", "track")]))
+    proc = run_script("naive_ft.py", "--resume", str(run))
+    assert f"note: --resume {run}: its args.json predates track, wandb_project: their defaults\n" in proc.stdout
+    assert read_metrics(run / "metrics.csv") == read_metrics(finished / "metrics.csv")
 
 
 def test_resume_flags_equal_to_args_json_are_fine(finished, tmp_path):
