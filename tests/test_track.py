@@ -92,7 +92,8 @@ def tracked(pretrained, tmp_path_factory):
     subprocess.run([sys.executable, str(ALGOS / "naive_ft.py"), *flags(pretrained, runs, "whole")], env=env(),
                    check=True, capture_output=True)
     proc = subprocess.Popen([sys.executable, str(ALGOS / "naive_ft.py"), *flags(pretrained, runs, "cut")], env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,  # Ctrl-C acts even where a
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # background job ignores it
     next(line for line in proc.stdout if "step      100/" in line)
     proc.send_signal(signal.SIGINT)
     proc.communicate()
