@@ -13,10 +13,11 @@ so finetuning becomes TD3-like; lambda makes beta mean the same across reward sc
 offline, half online (`--offline-ratio 0.5`). --beta-rule td (OUR READING) replaces the schedule: log beta_t +=
 --beta-lr * (signal / --beta-target - 1) per actor update, within [--beta-end, --beta-start], the signal being the
 batch's online rows' TD error over its offline rows'. --beta-rule lagrange (OUR READING) makes beta_t the multiplier
-of the constraint "a training episode scores at least the step-0 evaluation minus --beta-margin of it": after each
-episode, log beta_t += --beta-lr * violation, in the same bounds. --anchor-critic puts the trust region into the
-critic's target too, y = r + gamma (min Q'(s', a') - beta_t mean|Q'| / alpha * mean (a' - pi_ref(s'))^2), as PROTO
-(Li et al. 2023) does with a slowly moving pi_ref (OUR READING of its TD3 variant). Everything else is line-for-line
+of the constraint "a training episode scores at least the step-0 evaluation minus --beta-margin of it" (--beta-line
+noisy: pi_0's step-0 score with the exploration noise, as training episodes act): after each episode, log beta_t +=
+--beta-lr * violation, in the same bounds. --anchor-critic puts the trust region into the critic's target too,
+y = r + gamma (min Q'(s', a') - beta_t mean|Q'| / alpha * mean (a' - pi_ref(s'))^2), as PROTO (Li et al. 2023) does
+with a slowly moving pi_ref (OUR READING of its TD3 variant). Everything else is line-for-line
 naive_ft.py (`diff algorithms/naive_ft.py algorithms/conservative_ft.py` shows only the method)."""
 import copy
 import csv
@@ -77,6 +78,8 @@ class Args:
     """td: log beta_t += beta_lr * (signal / --beta-target - 1) per actor update; lagrange: += beta_lr * violation"""
     beta_margin: float = 0.1
     """--beta-rule lagrange: a training episode may score down to the step-0 score minus this fraction of it"""
+    beta_line: str = "eval"
+    """--beta-rule lagrange's step-0 score: eval (the step-0 evaluation) or noisy (pi_0 with the exploration noise)"""
     beta_target: float | None = None
     """--beta-rule td: the signal's set point (None: 2)"""
     anchor_tau: float = 0.0
@@ -134,10 +137,11 @@ def validate(args: Args) -> None:
                          f"got {args.offline_ratio}")
     if not 0.0 <= args.anchor_tau <= 1.0:
         raise SystemExit(f"error: --anchor-tau must be in [0, 1], got {args.anchor_tau}")
-    if args.beta_rule not in ("fixed", "td", "lagrange") or args.beta_rule != "fixed" and not (
+    if args.beta_rule not in ("fixed", "td", "lagrange") or args.beta_line not in ("eval", "noisy") or \
+            args.beta_rule != "fixed" and not (
             0 < args.beta_end <= args.beta_start and (0 < args.offline_ratio < 1 or args.beta_rule == "lagrange")):
         raise SystemExit(f"error: --beta-rule {args.beta_rule}: the rules are fixed, td and lagrange; td and lagrange "
-                         f"need 0 < --beta-end <= --beta-start, td 0 < --offline-ratio < 1")
+                         f"need 0 < --beta-end <= --beta-start, td 0 < --offline-ratio < 1; --beta-line eval or noisy")
 
 
 # ---------------------------------------------------------------------------------------------- networks
@@ -216,6 +220,19 @@ def dual_ascent(log_beta: torch.Tensor, ep_return: float, step0_score: float, da
     signal = (line - float(normalized_score(dataset, ep_return))) / max(abs(step0_score), 1e-6)
     log_beta.add_(args.beta_lr * signal).clamp_(math.log(args.beta_end), math.log(args.beta_start))  # no host sync
     return signal
+
+
+def noisy_score(pi_0, envs, obs_mean, obs_std, max_action, dataset, args, device) -> float:
+    """--beta-line noisy: pi_0's mean score on the evaluation episodes, acting as training episodes do, with the
+    exploration noise (its own generator, seeded with --seed: the same noisy score at the start and on --resume)."""
+    noisy = torch.Generator(device=device).manual_seed(args.seed)
+
+    def noisy_pi_0(s):  # a = clip(pi_0(s) + N(0, (sigma * max_action)^2)), as in the online loop
+        a_pi_0 = pi_0(s)
+        noise = torch.randn(a_pi_0.shape, generator=noisy, device=device) * args.expl_noise * max_action
+        return (a_pi_0 + noise).clamp(-max_action, max_action)
+    noisy_return = evaluate(noisy_pi_0, envs, obs_mean, obs_std, args.seed, device).mean()
+    return float(normalized_score(dataset, noisy_return))
 
 
 def diagnostics(replay, n_off: int, n_on: int, obs_dim: int, actor, critic, pretrained_actor, gen) -> dict:
@@ -376,6 +393,10 @@ def train(args: Args) -> None:
             obs_t = to_dev((env.reset(seed=args.seed)[0] - obs_mean) / obs_std)  # normalized s, uploaded once a step
             run.write(run.row("online", 0), args.online_steps,  # step 0: the pretrained policy, before any update
                       evaluate(actor, eval_envs, obs_mean, obs_std, args.seed, device), checkpoint("online", 0))
+        score0 = None if args.beta_rule != "lagrange" else run.evals[0][1] if args.beta_line == "eval" else \
+            noisy_score(pretrained_actor, eval_envs, obs_mean, obs_std, max_action, data.dataset, args, device)
+        if args.beta_rule == "lagrange":
+            print(f"lagrange: training episodes are held to a step-0 score of {score0:.2f} ({args.beta_line})")
         for step in range((on_done or 0) + 1, args.online_steps + 1):
             with torch.no_grad():  # a = clip(pi(s) + N(0, (sigma * max_action)^2))
                 a = actor(obs_t)
@@ -393,7 +414,7 @@ def train(args: Args) -> None:
                 run.episode(step, ep_return, len(episode))
                 recent_returns.append(ep_return)
                 if args.beta_rule == "lagrange":  # beta_t: the multiplier of "episodes score >= step-0 score - margin"
-                    run.add({"beta_signal": dual_ascent(log_beta, ep_return, run.evals[0][1], data.dataset, args)})
+                    run.add({"beta_signal": dual_ascent(log_beta, ep_return, score0, data.dataset, args)})
                 reset_state = env.unwrapped.np_random.bit_generator.state  # how the next episode starts (--resume)
                 obs_t, ep_return, episode = to_dev((env.reset()[0] - obs_mean) / obs_std), 0.0, []
             beta = beta_schedule(step, args) if args.beta_rule == "fixed" else log_beta.exp()  # beta_t

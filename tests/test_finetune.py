@@ -276,22 +276,71 @@ def test_lagrange_rule_by_hand(minari_root):
     assert float(log_beta) == pytest.approx(math.log(0.1), rel=1e-6)  # and at --beta-end
 
 
-def test_lagrange_rule_in_a_run(finetuned, tmp_path):
-    """Whole runs: beta_t and the signal (the mean violation of the row's episodes) in metrics.csv, beta_t within its
-    bounds and moving with the episodes; a floor of 0 is one line."""
+def test_noisy_score_by_hand(pretrained):
+    """--beta-line noisy: pi_0's mean score on the evaluation episodes with the exploration noise from its own
+    generator: with no noise it is the step-0 evaluation's score; with noise the same value twice, another one than
+    without, and the global RNG (the run's own streams) untouched."""
+    ckpt = torch.load(pretrained / "offline" / "checkpoint.pt", weights_only=False)
+    import minari
+    dataset = minari.load_dataset(TINY_ID)
+    max_action = torch.as_tensor(dataset.action_space.high, dtype=torch.float32)
+    actor = conservative_ft.Actor(len(ckpt["obs_mean"]), len(max_action), max_action, ckpt["args"]["hidden"])
+    actor.load_state_dict(ckpt["actor"])
+    envs = [offline_data.make_eval_env(dataset) for _ in range(3)]
+    score = lambda noise: conservative_ft.noisy_score(  # noqa: E731
+        actor, envs, ckpt["obs_mean"], ckpt["obs_std"], max_action, dataset,
+        conservative_ft.Args(seed=4, expl_noise=noise), "cpu")
+    plain = offline_data.evaluate(actor, envs, ckpt["obs_mean"], ckpt["obs_std"], 4, "cpu") - 10.0  # score = return - 10
+    assert score(0.0) == pytest.approx(plain.mean(), rel=1e-9)
+    rng = torch.get_rng_state()
+    noisy = score(0.3)
+    assert torch.equal(torch.get_rng_state(), rng) and noisy == score(0.3) and noisy != pytest.approx(plain.mean())
+
+
+@pytest.mark.parametrize("line", ["eval", "noisy"])
+def test_lagrange_rule_in_a_run(finetuned, tmp_path, line):
+    """Whole runs, checked from their files: the step-0 score the rule holds episodes to (the step-0 evaluation's, or
+    pi_0's noisy score computed again here from the checkpoint's pi_0), each row's beta_signal the mean violation of
+    the row's episodes, beta_t the dual ascent replayed from --beta-start over the episodes; a floor of 0 is one line."""
     import math
-    run_script("conservative_ft.py", "--checkpoint", str(finetuned / "offline" / "checkpoint.pt"), *ONLINE,
-               "--beta-rule", "lagrange", "--beta-lr", "0.2", "--runs-dir", str(tmp_path), "--run-name", "lag")
-    rows = [r for r in read_metrics(tmp_path / "lag" / "metrics.csv") if r["phase"] == "online" and r["step"] != "0"]
-    episodes = (tmp_path / "lag" / "episodes.csv").read_text().splitlines()[1:]
-    assert episodes and any(r["beta_signal"] for r in rows)  # a row with an episode has its violation
-    betas = [float(r["beta"]) for r in rows]
-    assert all(0.1 - 1e-6 <= b <= 1.0 + 1e-6 for b in betas)
-    log_beta = float(torch.load(tmp_path / "lag" / "checkpoint.pt", weights_only=False)["beta_rule"]["log_beta"])
-    assert math.log(0.1) - 1e-6 <= log_beta <= 1e-6
-    proc = run_script("conservative_ft.py", "--beta-rule", "lagrange", "--beta-end", "0", "--runs-dir", str(tmp_path),
-                      check=False)
-    assert proc.returncode == 1 and proc.stderr.strip().startswith("error: --beta-rule lagrange: ")
+
+    import minari
+    proc = run_script("conservative_ft.py", "--checkpoint", str(finetuned / "offline" / "checkpoint.pt"), *ONLINE,
+                      "--beta-rule", "lagrange", "--beta-lr", "0.2", "--beta-line", line, "--runs-dir", str(tmp_path),
+                      "--run-name", "lag")
+    score0 = float(proc.stdout.split("held to a step-0 score of ")[1].split()[0])
+    rows = [r for r in read_metrics(tmp_path / "lag" / "metrics.csv") if r["phase"] == "online"]
+    ckpt = torch.load(tmp_path / "lag" / "checkpoint.pt", weights_only=False)
+    if line == "eval":
+        assert score0 == pytest.approx(float(rows[0]["eval_score"]), abs=0.005)
+    else:
+        dataset = minari.load_dataset(TINY_ID)
+        max_action = torch.as_tensor(dataset.action_space.high, dtype=torch.float32)
+        pi0 = conservative_ft.Actor(len(ckpt["obs_mean"]), len(max_action), max_action, ckpt["args"]["hidden"])
+        pi0.load_state_dict(ckpt["pretrained_actor"])
+        envs = [offline_data.make_eval_env(dataset) for _ in range(2)]
+        exact = conservative_ft.noisy_score(pi0, envs, ckpt["obs_mean"], ckpt["obs_std"], max_action, dataset,
+                                            conservative_ft.Args(seed=0), "cpu")
+        assert score0 == pytest.approx(exact, abs=0.005) and exact != pytest.approx(float(rows[0]["eval_score"]))
+        score0 = exact
+    episodes = [e.split(",") for e in (tmp_path / "lag" / "episodes.csv").read_text().splitlines()[1:]]
+    assert episodes and any(r["beta_signal"] for r in rows[1:])
+    log_beta, last = 0.0, 0
+    for r in rows[1:]:
+        step = int(r["step"])
+        mine = [(score0 - 0.1 * abs(score0) - float(e[3])) / abs(score0) for e in episodes if last < int(e[0]) <= step]
+        for v in mine:
+            log_beta = min(0.0, max(math.log(0.1), log_beta + 0.2 * v))
+        assert (r["beta_signal"] == "") == (not mine)
+        if mine:
+            assert float(r["beta_signal"]) == pytest.approx(sum(mine) / len(mine), rel=1e-4, abs=1e-6)
+        assert float(r["beta"]) == pytest.approx(math.exp(log_beta), rel=1e-4)
+        last = step
+    assert float(ckpt["beta_rule"]["log_beta"]) == pytest.approx(log_beta, rel=1e-4, abs=1e-6)
+    for flags in (["--beta-end", "0"], ["--beta-line", "train"]):
+        proc = run_script("conservative_ft.py", "--beta-rule", "lagrange", *flags, "--runs-dir", str(tmp_path),
+                          check=False)
+        assert proc.returncode == 1 and proc.stderr.strip().startswith("error: --beta-rule lagrange: ")
 
 
 def test_anchor_critic_target_by_hand():
@@ -330,7 +379,8 @@ def test_diff_naive_conservative_shows_only_the_method():
     added = [line[1:] for line in diff if line[0] == "+"]
     removed = [line[1:] for line in diff if line[0] == "-"]
     keywords = ("beta", "offline_ratio", "pretrained_actor", "anchor", "pi_ref", "lmbda", "reg_loss", "trust region",
-                "conservative_ft", "signal", "td2", "q_pi", "q_next")  # with --beta-rule's signals, PROTO's target
+                "conservative_ft", "signal", "td2", "q_pi", "q_next", "noisy", "pi_0")  # --beta-rule's signals,
+    # --beta-line's noisy pi_0, PROTO's target
     assert all(any(k in line for k in keywords) or not line.strip() for line in added), added
     assert 0 < len(removed) <= 15, removed  # naive lines replaced by the method's (flags, columns, prepare, start, y)
 

@@ -21,9 +21,10 @@ RUNS = {
     "td3_bc.py": ["--offline-steps", "400", "--online-steps", "600"],
     "naive_ft.py": ["--online-steps", "1000", "--reset-optimizers"],
     "conservative_ft.py": ["--online-steps", "1000", "--anchor-tau", "0.01", "--beta-rule", "td"],
-    # the candidates of the second round: beta_t as a Lagrange multiplier, PROTO's trust region in the critic's target
+    # the candidates of the second round: beta_t as a Lagrange multiplier (pi_0's noisy score, computed again on
+    # --resume), PROTO's trust region in the critic's target
     "conservative_ft.py@lagrange": ["--online-steps", "1000", "--anchor-tau", "0.005", "--anchor-critic",
-                                    "--beta-rule", "lagrange", "--beta-lr", "0.5"],
+                                    "--beta-rule", "lagrange", "--beta-lr", "0.5", "--beta-line", "noisy"],
     # an ensemble of 3 (member 0 from --checkpoint, 1 and 2 pretrained in the run); a ring smaller than the run
     # and than an episode (the current episode is replayed from the checkpoint, not from the ring)
     "balanced_replay.py": ["--ensemble-size", "3", "--offline-steps", "100", "--online-steps", "1000",
