@@ -140,7 +140,8 @@ def sweep_block(dataset_dir: Path, made_by: bool = True) -> str:
 
 def summary_block(datasets: list[Path]) -> str:
     """One table over a sweep's datasets: each method's mean score after step 0 and its dip, mean ± sd over finished
-    seeds, the best mean of each dataset in bold, and how many seeds finished where not all did."""
+    seeds, the best mean of each dataset in bold (among rows with every seed finished: a mean over fewer seeds is not
+    comparable), and how many seeds finished where not all did."""
     runs = {d: sweep_runs(d) for d in datasets}
     names = sorted({n for rs in runs.values() for n in rs}, key=row_order)
     cells = {}
@@ -151,7 +152,8 @@ def summary_block(datasets: list[Path]) -> str:
             if done:
                 dip = mean_sd([json.loads((r / "summary.json").read_text())["dip"] for r in done])
                 cells[d, name] = ([mean_after_step0(r) for r in done], dip, len(seeds))
-    best = {d: max((statistics.mean(c[0]) for (e, _), c in cells.items() if e == d), default=None) for d in datasets}
+    best = {d: max((statistics.mean(c[0]) for (e, _), c in cells.items() if e == d and len(c[0]) == c[2]),
+                   default=None) for d in datasets}
     out = ["| method | " + " | ".join(f"`{d.name.replace('-', '/', 2)}`" for d in datasets) + " |",
            "|---" * (1 + len(datasets)) + "|"]
     for name in names:
@@ -161,7 +163,7 @@ def summary_block(datasets: list[Path]) -> str:
                 row.append("–")
                 continue
             area, dip, n = cells[d, name]
-            mean = f"**{mean_sd(area)}**" if statistics.mean(area) == best[d] else mean_sd(area)
+            mean = f"**{mean_sd(area)}**" if statistics.mean(area) == best[d] and len(area) == n else mean_sd(area)
             row.append(f"{mean} (dip {dip})" + (f", {len(area)} of {n} seeds" if len(area) < n else ""))
         out.append(f"| {label(name)} | " + " | ".join(row) + " |")
     return "\n".join(out) if cells else "(no finished run yet)"
