@@ -13,9 +13,9 @@ so finetuning becomes TD3-like; lambda makes beta mean the same across reward sc
 offline, half online (`--offline-ratio 0.5`). --beta-rule td (OUR READING) replaces the schedule: log beta_t +=
 --beta-lr * (signal / --beta-target - 1) per actor update, within [--beta-end, --beta-start], the signal being the
 batch's online rows' TD error over its offline rows'. --beta-rule lagrange (OUR READING) makes beta_t the multiplier
-of the constraint "a training episode scores at least the step-0 evaluation minus --beta-margin of it" (--beta-line
-noisy: pi_0's step-0 score with the exploration noise, as training episodes act): after each episode, log beta_t +=
---beta-lr * violation, in the same bounds. --anchor-critic puts the trust region into the critic's target too,
+of the constraint "a training episode scores at least pi_0's step-0 score minus --beta-margin of it", pi_0 acting with
+the exploration noise as training episodes do: after each episode, log beta_t += --beta-lr * violation, in the same
+bounds. --anchor-critic puts the trust region into the critic's target too,
 y = r + gamma (min Q'(s', a') - beta_t mean|Q'| / alpha * mean (a' - pi_ref(s'))^2), as PROTO (Li et al. 2023) does
 with a slowly moving pi_ref (OUR READING of its TD3 variant). Everything else is line-for-line
 naive_ft.py (`diff algorithms/naive_ft.py algorithms/conservative_ft.py` shows only the method)."""
@@ -78,8 +78,6 @@ class Args:
     """td: log beta_t += beta_lr * (signal / --beta-target - 1) per actor update; lagrange: += beta_lr * violation"""
     beta_margin: float = 0.1
     """--beta-rule lagrange: a training episode may score down to the step-0 score minus this fraction of it"""
-    beta_line: str = "eval"
-    """--beta-rule lagrange's step-0 score: eval (the step-0 evaluation) or noisy (pi_0 with the exploration noise)"""
     beta_target: float | None = None
     """--beta-rule td: the signal's set point (None: 2)"""
     anchor_tau: float = 0.0
@@ -137,11 +135,10 @@ def validate(args: Args) -> None:
                          f"got {args.offline_ratio}")
     if not 0.0 <= args.anchor_tau <= 1.0:
         raise SystemExit(f"error: --anchor-tau must be in [0, 1], got {args.anchor_tau}")
-    if args.beta_rule not in ("fixed", "td", "lagrange") or args.beta_line not in ("eval", "noisy") or \
-            args.beta_rule != "fixed" and not (
+    if args.beta_rule not in ("fixed", "td", "lagrange") or args.beta_rule != "fixed" and not (
             0 < args.beta_end <= args.beta_start and (0 < args.offline_ratio < 1 or args.beta_rule == "lagrange")):
         raise SystemExit(f"error: --beta-rule {args.beta_rule}: the rules are fixed, td and lagrange; td and lagrange "
-                         f"need 0 < --beta-end <= --beta-start, td 0 < --offline-ratio < 1; --beta-line eval or noisy")
+                         f"need 0 < --beta-end <= --beta-start, td 0 < --offline-ratio < 1")
 
 
 # ---------------------------------------------------------------------------------------------- networks
@@ -223,8 +220,8 @@ def dual_ascent(log_beta: torch.Tensor, ep_return: float, step0_score: float, da
 
 
 def noisy_score(pi_0, envs, obs_mean, obs_std, max_action, dataset, args, device) -> float:
-    """--beta-line noisy: pi_0's mean score on the evaluation episodes, acting as training episodes do, with the
-    exploration noise (its own generator, seeded with --seed: the same noisy score at the start and on --resume)."""
+    """--beta-rule lagrange's step-0 score: pi_0's mean score on the evaluation episodes, acting as training episodes
+    do, with the exploration noise (its own generator `noisy`, seeded with --seed: the same on --resume)."""
     noisy = torch.Generator(device=device).manual_seed(args.seed)
 
     def noisy_pi_0(s):  # a = clip(pi_0(s) + N(0, (sigma * max_action)^2)), as in the online loop
@@ -393,10 +390,9 @@ def train(args: Args) -> None:
             obs_t = to_dev((env.reset(seed=args.seed)[0] - obs_mean) / obs_std)  # normalized s, uploaded once a step
             run.write(run.row("online", 0), args.online_steps,  # step 0: the pretrained policy, before any update
                       evaluate(actor, eval_envs, obs_mean, obs_std, args.seed, device), checkpoint("online", 0))
-        score0 = None if args.beta_rule != "lagrange" else run.evals[0][1] if args.beta_line == "eval" else \
-            noisy_score(pretrained_actor, eval_envs, obs_mean, obs_std, max_action, data.dataset, args, device)
-        if args.beta_rule == "lagrange":
-            print(f"lagrange: training episodes are held to a step-0 score of {score0:.2f} ({args.beta_line})")
+        if args.beta_rule == "lagrange":  # the line: pi_0's step-0 score with the exploration noise
+            score0 = noisy_score(pretrained_actor, eval_envs, obs_mean, obs_std, max_action, data.dataset, args, device)
+            print(f"lagrange: training episodes are held to a step-0 score of {score0:.2f} (pi_0 with the noise)")
         for step in range((on_done or 0) + 1, args.online_steps + 1):
             with torch.no_grad():  # a = clip(pi(s) + N(0, (sigma * max_action)^2))
                 a = actor(obs_t)

@@ -24,7 +24,7 @@ RUNS = {
     # the candidates of the second round: beta_t as a Lagrange multiplier (pi_0's noisy score, computed again on
     # --resume), PROTO's trust region in the critic's target
     "conservative_ft.py@lagrange": ["--online-steps", "1000", "--anchor-tau", "0.005", "--anchor-critic",
-                                    "--beta-rule", "lagrange", "--beta-lr", "0.5", "--beta-line", "noisy"],
+                                    "--beta-rule", "lagrange", "--beta-lr", "0.5"],
     # an ensemble of 3 (member 0 from --checkpoint, 1 and 2 pretrained in the run); a ring smaller than the run
     # and than an episode (the current episode is replayed from the checkpoint, not from the ring)
     "balanced_replay.py": ["--ensemble-size", "3", "--offline-steps", "100", "--online-steps", "1000",
