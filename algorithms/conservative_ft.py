@@ -77,7 +77,7 @@ class Args:
     beta_lr: float = 3e-3
     """td: log beta_t += beta_lr * (signal / --beta-target - 1) per actor update; lagrange: += beta_lr * violation"""
     beta_margin: float = 0.1
-    """--beta-rule lagrange: a training episode may score down to the step-0 score minus this fraction of it"""
+    """--beta-rule lagrange: a training episode may score down to pi_0's noisy step-0 score minus this fraction of it"""
     beta_target: float | None = None
     """--beta-rule td: the signal's set point (None: 2)"""
     anchor_tau: float = 0.0
