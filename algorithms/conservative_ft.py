@@ -74,8 +74,9 @@ class Args:
     """online steps over which beta_t decays linearly from --beta-start to --beta-end (0: --beta-end at once)"""
     beta_rule: str = "fixed"
     """how beta_t moves: fixed (the linear schedule), td (online rows' TD error over the offline's) or lagrange"""
-    beta_lr: float = 3e-3
-    """td: log beta_t += beta_lr * (signal / --beta-target - 1) per actor update; lagrange: += beta_lr * violation"""
+    beta_lr: float | None = None
+    """td: log beta_t += beta_lr * (signal / --beta-target - 1) per actor update; lagrange: += beta_lr * violation
+    (None: 0.5 for lagrange, as screened; 3e-3 otherwise)"""
     beta_margin: float = 0.1
     """--beta-rule lagrange: a training episode may score down to pi_0's noisy step-0 score minus this fraction of it"""
     beta_target: float | None = None
@@ -307,7 +308,8 @@ def train(args: Args) -> None:
         args, script, ckpt["dataset_id"] if ckpt else requested or resolve_dataset_id("hopper", None),
         offline_steps=(0 if ckpt else 1_000_000) if args.offline_steps is None else args.offline_steps,
         hidden=ckpt["args"]["hidden"] if ckpt else args.hidden, beta_target=args.beta_target or
-        (2.0 if args.beta_rule == "td" else None))
+        (2.0 if args.beta_rule == "td" else None), beta_lr=args.beta_lr if args.beta_lr is not None else
+        (0.5 if args.beta_rule == "lagrange" else 3e-3))
 
     # data on the device: one replay table, the offline rows first, then room for every online transition
     n_on, capacity = 0, args.online_steps
@@ -420,8 +422,7 @@ def train(args: Args) -> None:
             if evaluated or step % args.log_every == 0:  # a metrics row, with the collapse diagnostics
                 row = run.row("online", step, {
                     **diagnostics(replay, n_off, n_on, obs_dim, actor, critic, pretrained_actor, gen),
-                    "beta": float(beta),
-                    "train_return": float(np.mean(recent_returns)) if recent_returns else None})
+                    "beta": float(beta), "train_return": float(np.mean(recent_returns)) if recent_returns else None})
                 recent_returns = []
                 returns = evaluate(actor, eval_envs, obs_mean, obs_std, args.seed, device) if evaluated else None
                 run.write(row, args.online_steps, returns, checkpoint("online", step) if evaluated else None)

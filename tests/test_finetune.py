@@ -230,17 +230,18 @@ def test_td_rule_signal_and_beta_by_hand():
 
 
 def test_td_rule_in_a_run_and_bad_values(finetuned, tmp_path):
-    """--beta-rule td in whole runs: args.json records the default set point 2; metrics.csv logs beta_t and the
-    signal; beta_t stays in [--beta-end, --beta-start], and falls step by step from --beta-start when the signal is
-    below its set point (--beta-target 100, a --beta-lr too small to reach --beta-end). A rule that is not fixed or td
-    (the screen's returns and disagreement were removed), or td without a range or without both kinds of rows in a
-    batch, is one line."""
+    """--beta-rule td in whole runs: args.json records the default set point 2 and rate 3e-3; metrics.csv logs beta_t
+    and the signal; beta_t stays in [--beta-end, --beta-start], and falls step by step from --beta-start when the
+    signal is below its set point (--beta-target 100, a --beta-lr too small to reach --beta-end). An unknown rule
+    (the first screen's returns and disagreement were removed), or td without a range or without both kinds of
+    rows in a batch, is one line."""
     import math
     ckpt = str(finetuned / "offline" / "checkpoint.pt")
-    for name, flags in (("default", ["--beta-lr", "0.05"]), ("low", ["--beta-lr", "0.01", "--beta-target", "100"])):
+    for name, flags in (("default", []), ("low", ["--beta-lr", "0.01", "--beta-target", "100"])):
         run_script("conservative_ft.py", "--checkpoint", ckpt, *ONLINE, "--beta-rule", "td", *flags,
                    "--runs-dir", str(tmp_path), "--run-name", name)
-    assert json.loads((tmp_path / "default" / "args.json").read_text())["args"]["beta_target"] == 2.0
+    recorded = json.loads((tmp_path / "default" / "args.json").read_text())["args"]
+    assert (recorded["beta_target"], recorded["beta_lr"]) == (2.0, 3e-3)
     for name in ("default", "low"):
         rows = [r for r in read_metrics(tmp_path / name / "metrics.csv") if r["phase"] == "online" and r["step"] != "0"]
         betas = [float(r["beta"]) for r in rows]
@@ -298,16 +299,19 @@ def test_noisy_score_by_hand(pretrained):
 
 
 def test_lagrange_rule_in_a_run(finetuned, tmp_path):
-    """A whole run, checked from its files: the step-0 score the rule holds episodes to (pi_0's noisy score, computed
-    again here from the checkpoint's pi_0, not the step-0 evaluation's), each row's beta_signal the mean violation of
-    the row's episodes, beta_t the dual ascent replayed from --beta-start over the episodes; a floor of 0 is one line,
-    the removed --beta-line (its eval line reruns at 81e6f2f) an error."""
+    """A whole run, checked from its files: without --beta-lr, args.json records lagrange's own rate 0.5; the step-0
+    score the rule holds episodes to (pi_0's noisy score, computed again here from the checkpoint's pi_0, not the
+    step-0 evaluation's); each row's beta_signal the mean violation of the row's episodes; beta_t the dual ascent
+    replayed from --beta-start over the episodes (--beta-margin 0.9: a low line that episodes clear, so beta_t decays);
+    a floor of 0 is one line, the removed --beta-line (its eval line reruns at 81e6f2f) an error."""
     import math
 
     import minari
     proc = run_script("conservative_ft.py", "--checkpoint", str(finetuned / "offline" / "checkpoint.pt"), *ONLINE,
-                      "--beta-rule", "lagrange", "--beta-lr", "0.2", "--runs-dir", str(tmp_path),
+                      "--beta-rule", "lagrange", "--beta-margin", "0.9", "--runs-dir", str(tmp_path),
                       "--run-name", "lag")
+    lr = json.loads((tmp_path / "lag" / "args.json").read_text())["args"]["beta_lr"]
+    assert lr == 0.5  # lagrange's own default rate, the screen's
     score0 = float(proc.stdout.split("held to a step-0 score of ")[1].split()[0])
     rows = [r for r in read_metrics(tmp_path / "lag" / "metrics.csv") if r["phase"] == "online"]
     ckpt = torch.load(tmp_path / "lag" / "checkpoint.pt", weights_only=False)
@@ -325,14 +329,15 @@ def test_lagrange_rule_in_a_run(finetuned, tmp_path):
     log_beta, last = 0.0, 0
     for r in rows[1:]:
         step = int(r["step"])
-        mine = [(score0 - 0.1 * abs(score0) - float(e[3])) / abs(score0) for e in episodes if last < int(e[0]) <= step]
+        mine = [(score0 - 0.9 * abs(score0) - float(e[3])) / abs(score0) for e in episodes if last < int(e[0]) <= step]
         for v in mine:
-            log_beta = min(0.0, max(math.log(0.1), log_beta + 0.2 * v))
+            log_beta = min(0.0, max(math.log(0.1), log_beta + lr * v))
         assert (r["beta_signal"] == "") == (not mine)
         if mine:
             assert float(r["beta_signal"]) == pytest.approx(sum(mine) / len(mine), rel=1e-4, abs=1e-6)
         assert float(r["beta"]) == pytest.approx(math.exp(log_beta), rel=1e-4)
         last = step
+    assert float(rows[-1]["beta"]) < float(rows[1]["beta"]) < 1.0  # episodes clear the low line: beta_t decays
     assert float(ckpt["beta_rule"]["log_beta"]) == pytest.approx(log_beta, rel=1e-4, abs=1e-6)
     proc = run_script("conservative_ft.py", "--beta-rule", "lagrange", "--beta-end", "0", "--runs-dir", str(tmp_path),
                       check=False)
