@@ -76,7 +76,7 @@ class Args:
     """how beta_t moves: fixed (the linear schedule), td (online rows' TD error over the offline's) or lagrange"""
     beta_lr: float | None = None
     """td: log beta_t += beta_lr * (signal / --beta-target - 1) per actor update; lagrange: += beta_lr * violation
-    (None: 0.5 for lagrange, as screened; 3e-3 otherwise)"""
+    (None: 0.5 with --beta-rule lagrange, as screened; else 3e-3)"""
     beta_margin: float = 0.1
     """--beta-rule lagrange: a training episode may score down to pi_0's noisy step-0 score minus this fraction of it"""
     beta_target: float | None = None
@@ -422,7 +422,8 @@ def train(args: Args) -> None:
             if evaluated or step % args.log_every == 0:  # a metrics row, with the collapse diagnostics
                 row = run.row("online", step, {
                     **diagnostics(replay, n_off, n_on, obs_dim, actor, critic, pretrained_actor, gen),
-                    "beta": float(beta), "train_return": float(np.mean(recent_returns)) if recent_returns else None})
+                    "beta": float(beta),
+                    "train_return": float(np.mean(recent_returns)) if recent_returns else None})
                 recent_returns = []
                 returns = evaluate(actor, eval_envs, obs_mean, obs_std, args.seed, device) if evaluated else None
                 run.write(row, args.online_steps, returns, checkpoint("online", step) if evaluated else None)
@@ -560,11 +561,13 @@ class Run:
                                f"goes on without W&B (the CSVs stay the record)", flush=True)
 
 def check_flags(args, at_least_0: tuple[str, ...], above_0: tuple[str, ...]) -> None:
-    """One line and exit 1 for a flag out of range (--threads and --device too)."""
+    """One line and exit 1 for a flag out of range (--threads, --seed and --device too)."""
     for names, ok, bound in ((at_least_0 + ("threads",), lambda v: v >= 0, ">= 0"), (above_0, lambda v: v > 0, "> 0")):
         for name in names:
             if getattr(args, name) is not None and not ok(getattr(args, name)):
                 raise SystemExit(f"error: --{name.replace('_', '-')} must be {bound}, got {getattr(args, name)}")
+    if not 0 <= args.seed < 2**32:  # NumPy's range
+        raise SystemExit(f"error: --seed must be in [0, 2**32 - 1], got {args.seed}")
     if args.device not in ("auto", "cpu", "cuda"):
         raise SystemExit(f"error: --device must be auto, cpu or cuda, got {args.device!r}")
     if args.device == "cuda" and not torch.cuda.is_available():

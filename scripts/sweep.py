@@ -34,6 +34,8 @@ import tyro
 ROOT = Path(__file__).resolve().parents[1]
 ALGOS = ROOT / "algorithms"
 METHODS = ("td3_bc", "naive_ft", "conservative_ft", "balanced_replay")
+SWEEP_SETS = {"--checkpoint", "--dataset-id", "--env", "--seed", "--offline-steps", "--online-steps", "--eval-every",
+              "--runs-dir", "--run-name", "--resume"}  # every run's: its group's agent, seed, steps and place
 
 
 @dataclass
@@ -57,9 +59,12 @@ class Args:
     launcher: Literal["local", "slurm"] = "local"
     """local: subprocesses on this machine; slurm: sbatch through submitit (pip install -e ".[sweep]")"""
     variant: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
-    """NAME=FLAGS, repeatable: also run each listed method whose --help has all FLAGS, as <method>-<NAME>"""
+    """NAME=FLAGS, repeatable: also run each listed method whose --help has all FLAGS, as <method>-<NAME> (not the
+    flags the sweep sets for every run: --checkpoint, --dataset-id, --env, --seed, --offline-steps, --online-steps,
+    --eval-every, --runs-dir, --run-name, --resume)"""
     method_flags: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
-    """METHOD=FLAGS, repeatable: extra flags for every run of one method (e.g. balanced replay's warm-up sizes)"""
+    """METHOD=FLAGS, repeatable: extra flags for every run of one method (e.g. balanced replay's warm-up sizes; not
+    the flags the sweep sets, as --variant)"""
     slurm_partition: str | None = None
     """Slurm partition (default: the cluster's default partition)"""
     slurm_time: int = 240
@@ -151,7 +156,14 @@ def plan(args: Args) -> dict[Path, list[Run]]:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.workers < 0 or args.slurm_gpus_per_job < 0:
         raise SystemExit("error: --workers and --slurm-gpus-per-job must be >= 0")
+    if not all(0 <= seed < 2**32 for seed in args.seeds):
+        raise SystemExit(f"error: --seeds must be in [0, 2**32 - 1], got {' '.join(map(str, args.seeds))}")
     variants, extra = parse_pairs(args.variant, "variant"), parse_pairs(args.method_flags, "method-flags")
+    for what, pairs in (("variant", variants), ("method-flags", extra)):  # a group's runs share agent, seed, steps
+        for name, flags in pairs.items():
+            if set(flag_names(flags)) & SWEEP_SETS:
+                raise SystemExit(f"error: --{what} {name}={flags!r}: the sweep sets "
+                                 f"{', '.join(sorted(set(flag_names(flags)) & SWEEP_SETS))} for every run itself")
     bad = [m for m in extra if m not in args.methods]
     if bad:
         raise SystemExit(f"error: --method-flags for {bad}, which is not among --methods {list(args.methods)}")

@@ -233,11 +233,11 @@ def test_union_command_only_for_one_grid(monkeypatch):
     sys.path.insert(0, str(ROOT / "scripts"))
     import sweep as sweep_module
 
-    monkeypatch.setattr(sys, "argv", ["sweep.py", "--seeds", "1", "--dataset-ids", "a/b", "--variant", "x=--seed 3"])
+    monkeypatch.setattr(sys, "argv", ["sweep.py", "--seeds", "1", "--dataset-ids", "a/b", "--variant", "x=--alpha 3"])
     runs = {f"{d.replace('/', '-')}/seed{s}/{n}": ["--dataset-id", d] if n == "pretrain" else []
             for d in ("a/b", "c/d") for s in (0, 1) for n in ("pretrain", "naive_ft")}
     assert sweep_module.union_command(runs) == \
-        "python scripts/sweep.py --variant 'x=--seed 3' --dataset-ids a/b c/d --seeds 0 1"
+        "python scripts/sweep.py --variant 'x=--alpha 3' --dataset-ids a/b c/d --seeds 0 1"
     del runs["c-d/seed0/naive_ft"]
     assert sweep_module.union_command(runs) is None
 
@@ -248,6 +248,10 @@ def test_union_command_only_for_one_grid(monkeypatch):
     (["--variant", "x=--no-such-flag"], "error: --variant x='--no-such-flag': no listed method accepts --no-such-flag"),
     (["--variant", "bad name=--seed 1"], "error: --variant 'bad name=--seed 1': expected NAME=FLAGS"),
     (["--method-flags", "td3_bc=--alpha 1"], "error: --method-flags for ['td3_bc'], which is not among --methods"),
+    (["--variant", "x=--seed 3"], "error: --variant x='--seed 3': the sweep sets --seed for every run itself"),
+    (["--method-flags", "naive_ft=--runs-dir=/tmp --online-steps 5"],
+     "error: --method-flags naive_ft='--runs-dir=/tmp --online-steps 5': the sweep sets --online-steps, --runs-dir"),
+    (["--seeds", "0", "-1"], "error: --seeds must be in [0, 2**32 - 1], got 0 -1"),
     (["--online-steps", "300"], "was made by a grid with --online-steps 100, not 300; choose another --out"),
 ])
 def test_bad_grids_fail_before_anything_runs(whole, argv, message):

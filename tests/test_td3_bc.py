@@ -167,6 +167,8 @@ def test_env_shorthand_end_to_end(minari_root, tmp_path):
     (["--offline-steps", "-5"], "error: --offline-steps must be >= 0, got -5"),
     (["--online-steps", "-1"], "error: --online-steps must be >= 0, got -1"),
     (["--batch-size", "0"], "error: --batch-size must be > 0, got 0"),
+    (["--seed", "-1"], "error: --seed must be in [0, 2**32 - 1], got -1"),
+    (["--seed", str(2**32)], "error: --seed must be in [0, 2**32 - 1], got 4294967296"),
     (["--device", "tpu"], "error: --device must be auto, cpu or cuda, got 'tpu'"),
 ])
 def test_bad_input_one_line_error(minari_root, tmp_path, argv, message):
