@@ -30,8 +30,8 @@ class Args:
     """checkpoint.pt files of any of the four scripts (one panel each, left to right)"""
     out: str = "agent.gif"
     """the GIF to write"""
-    labels: tuple[str, ...] = ()
-    """a title per panel (default: the checkpoint's script, phase and step)"""
+    labels: tuple[str, ...] | None = None
+    """a title per panel (None: the checkpoint's script, phase and step)"""
     seed: int = 0
     """the evaluation seed: the episode is the one evaluation episode 0 of a run with this --seed plays"""
     max_steps: int = 1000

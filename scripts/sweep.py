@@ -66,7 +66,7 @@ class Args:
     """METHOD=FLAGS, repeatable: extra flags for every run of one method (e.g. balanced replay's warm-up sizes; not
     the flags the sweep sets, as --variant)"""
     slurm_partition: str | None = None
-    """Slurm partition (default: the cluster's default partition)"""
+    """Slurm partition (None: the cluster's default partition)"""
     slurm_time: int = 240
     """Slurm time limit of each job, in minutes"""
     slurm_gpus_per_job: int = 0

@@ -31,3 +31,12 @@ def test_no_control_characters(path):
 @pytest.mark.parametrize("path", [p for p in TEXT if p.endswith(".md")])
 def test_display_math_is_closed(path):
     assert (ROOT / path).read_text(encoding="utf-8").count("$$") % 2 == 0, f"{path}: an unclosed $$ block"
+
+
+@pytest.mark.parametrize("path", [p for p in TEXT if p.startswith(("algorithms/", "scripts/")) and p.endswith(".py")])
+def test_help_says_each_default_once(path):
+    """tyro ends every flag's --help with "(default: X)": a field docstring of an Args class that says "(default ..."
+    itself makes --help say it twice (a None default's meaning is written "(None: ...)")."""
+    text = (ROOT / path).read_text(encoding="utf-8")
+    args = text.split("\nclass Args", 1)[1].split("\n\n\n")[0] if "\nclass Args" in text else ""
+    assert "(default" not in args, f"{path}: {[line.strip() for line in args.splitlines() if '(default' in line]}"
