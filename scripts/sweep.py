@@ -161,9 +161,9 @@ def plan(args: Args) -> dict[Path, list[Run]]:
     variants, extra = parse_pairs(args.variant, "variant"), parse_pairs(args.method_flags, "method-flags")
     for what, pairs in (("variant", variants), ("method-flags", extra)):  # a group's runs share agent, seed, steps
         for name, flags in pairs.items():
-            if set(flag_names(flags)) & SWEEP_SETS:
-                raise SystemExit(f"error: --{what} {name}={flags!r}: the sweep sets "
-                                 f"{', '.join(sorted(set(flag_names(flags)) & SWEEP_SETS))} for every run itself")
+            if taken := sorted(set(flag_names(flags)) & SWEEP_SETS):
+                raise SystemExit(f"error: --{what} {name}={flags!r}: the sweep sets {', '.join(taken)} for every "
+                                 f"run itself")
     bad = [m for m in extra if m not in args.methods]
     if bad:
         raise SystemExit(f"error: --method-flags for {bad}, which is not among --methods {list(args.methods)}")
