@@ -688,12 +688,11 @@ class Run:
 
 def check_flags(args, at_least_0: tuple[str, ...], above_0: tuple[str, ...]) -> None:
     """One line and exit 1 for a flag out of range (--threads, --seed and --device too)."""
-    for names, ok, bound in ((at_least_0 + ("threads",), lambda v: v >= 0, ">= 0"), (above_0, lambda v: v > 0, "> 0")):
+    for names, ok, bound in ((at_least_0 + ("threads",), lambda v: v >= 0, ">= 0"), (above_0, lambda v: v > 0, "> 0"),
+                             (("seed",), lambda v: 0 <= v < 2**32, "in [0, 2**32 - 1]")):  # seeds: NumPy's range
         for name in names:
             if getattr(args, name) is not None and not ok(getattr(args, name)):
                 raise SystemExit(f"error: --{name.replace('_', '-')} must be {bound}, got {getattr(args, name)}")
-    if not 0 <= args.seed < 2**32:  # NumPy's range
-        raise SystemExit(f"error: --seed must be in [0, 2**32 - 1], got {args.seed}")
     if args.device not in ("auto", "cpu", "cuda"):
         raise SystemExit(f"error: --device must be auto, cpu or cuda, got {args.device!r}")
     if args.device == "cuda" and not torch.cuda.is_available():
