@@ -229,11 +229,11 @@ def check_grid(args: Args, groups: dict[Path, list[Run]]) -> None:
             grid["command"] = old["command"]        # record stays the whole grid's
             print(f"sweep: {len(grid['runs'])} of the {len(old['runs'])} runs of {path} (its command is kept)")
         elif not set(old["runs"]) <= set(grid["runs"]):  # a part that adds datasets or seeds: the command of record
-            union = union_command({**old["runs"], **grid["runs"]})  # names theirs and this part's
+            union = union_command({**old["runs"], **grid["runs"]}, grid["runs"])  # names theirs and this part's
             grid["command"] = union or old["command"]
             if not union:
                 print(f"sweep: note: {path} keeps its command, which does not make this part's new runs: with them its "
-                      f"runs are not one grid of datasets x seeds x runs until the other groups have them too")
+                      f"runs are not one grid of datasets x seeds x runs of this command")
         grid["runs"] = {**old["runs"], **grid["runs"]}
     for group, runs in groups.items():  # runs finetuned from another agent than the group's
         hashes = {r.name: json.loads((r.dir / "args.json").read_text()).get("checkpoint_sha256")
@@ -246,12 +246,14 @@ def check_grid(args: Args, groups: dict[Path, list[Run]]) -> None:
         path.write_text(json.dumps(grid, indent=2))
 
 
-def union_command(runs: dict[str, list[str]]) -> str | None:
-    """This sweep's command with every dataset and seed of `runs` (OUT/sweep.json's, this part's included), or None if
-    they are not one grid of datasets x seeds x runs: a grid continued in parts keeps one command that makes it all."""
+def union_command(runs: dict[str, list[str]], mine: dict[str, list[str]]) -> str | None:
+    """This sweep's command with every dataset and seed of `runs` (OUT/sweep.json's, this part's `mine` included), or
+    None if they are not one grid of datasets x seeds x runs or this command makes only some of those runs (another
+    method or variant): a grid continued in parts keeps one command that makes it all."""
     datasets = list(dict.fromkeys(f[f.index("--dataset-id") + 1] for k, f in runs.items() if k.endswith("/pretrain")))
     seeds, names = sorted({int(k.split("/")[1][4:]) for k in runs}), {k.split("/")[2] for k in runs}
-    if set(runs) != {f"{d.replace('/', '-')}/seed{s}/{n}" for d in datasets for s in seeds for n in names}:
+    if set(runs) != {f"{d.replace('/', '-')}/seed{s}/{n}" for d in datasets for s in seeds for n in names} or \
+            names != {k.split("/")[2] for k in mine}:
         return None
     new, owner, argv = {"--dataset-ids": datasets, "--seeds": list(map(str, seeds))}, None, []
     for a in sys.argv[1:]:  # drop this part's --dataset-ids and --seeds with their values, then name the union's

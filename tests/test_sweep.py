@@ -229,17 +229,22 @@ def test_a_part_that_leaves_the_grid_uneven_keeps_the_command(whole, tmp_path):
 
 
 def test_union_command_only_for_one_grid(monkeypatch):
-    """A command of record is rebuilt only when the runs are datasets x seeds x runs; else None (the old one stays)."""
+    """A command of record is rebuilt only when the runs are datasets x seeds x runs, all made by this command; else
+    None (the old one stays)."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import sweep as sweep_module
 
     monkeypatch.setattr(sys, "argv", ["sweep.py", "--seeds", "1", "--dataset-ids", "a/b", "--variant", "x=--alpha 3"])
     runs = {f"{d.replace('/', '-')}/seed{s}/{n}": ["--dataset-id", d] if n == "pretrain" else []
             for d in ("a/b", "c/d") for s in (0, 1) for n in ("pretrain", "naive_ft")}
-    assert sweep_module.union_command(runs) == \
+    mine = {k: f for k, f in runs.items() if k.startswith("a-b/seed1/")}
+    assert sweep_module.union_command(runs, mine) == \
         "python scripts/sweep.py --variant 'x=--alpha 3' --dataset-ids a/b c/d --seeds 0 1"
+    # one grid, but with an earlier part's method that this command does not make: its command would not make it all
+    other = {**runs, **{f"{d}/seed{s}/td3_bc": [] for d in ("a-b", "c-d") for s in (0, 1)}}
+    assert sweep_module.union_command(other, mine) is None
     del runs["c-d/seed0/naive_ft"]
-    assert sweep_module.union_command(runs) is None
+    assert sweep_module.union_command(runs, mine) is None
 
 
 @pytest.mark.parametrize("argv, message", [
